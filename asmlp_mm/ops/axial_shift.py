@@ -1,0 +1,184 @@
+"""The axial shift: AS-MLP's only token-mixing operation.
+
+Channels of an NCHW tensor are cut into ``shift_size`` groups of ``ceil(C / shift_size)``
+channels (the last group may be smaller, trailing groups may be empty) and group ``g`` is
+moved along one spatial axis by ``s_g = (shift_size // 2 - g) * dilation`` pixels::
+
+    out[:, c, h, :] = in[:, c, h + s_g, :]        (dim = H; the same along W)
+
+so group 0 moves its content up (or left). Reads that fall outside the image come from the
+padding mode. For ``dilation=1`` and zero padding this is exactly the published CUDA kernel.
+
+The implementation copies contiguous slices straight into the output (one copy per group
+plus the few border rows), instead of the published CPU path (pad, chunk, roll, concatenate,
+narrow), which makes several full passes over the tensor. Under autograd a custom function
+runs the exact adjoint in backward (the opposite shift, plus the border rows folded back in
+for non-zero padding), so no intermediate tensors are kept.
+"""
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+PADDING_MODES = ('zero', 'replicate', 'reflect', 'circular')
+
+
+def check_shift_args(shift_size: int, dilation: int, padding: str) -> None:
+    """Raise ``ValueError`` for arguments the axial shift does not accept."""
+    if isinstance(shift_size, bool) or not isinstance(shift_size, int) or shift_size < 1:
+        raise ValueError(f'shift_size must be a positive odd integer, got {shift_size!r}')
+    if shift_size % 2 == 0:
+        raise ValueError(f'shift_size must be odd so that the shifts are symmetric '
+                         f'around zero, got {shift_size}')
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f'dilation must be an integer >= 1, got {dilation!r}')
+    if padding not in PADDING_MODES:
+        raise ValueError(f'padding must be one of {PADDING_MODES}, got {padding!r}')
+
+
+def group_shifts(channels: int, shift_size: int,
+                 dilation: int = 1) -> List[Tuple[int, int, int]]:
+    """``(first_channel, end_channel, shift)`` of every non-empty channel group."""
+    group = -(-channels // shift_size)  # ceil
+    half = shift_size // 2
+    out = []
+    for g in range(shift_size):
+        start, end = g * group, min((g + 1) * group, channels)
+        if start < end:
+            out.append((start, end, (half - g) * dilation))
+    return out
+
+
+def border_source_index(length: int, positions: List[int], padding: str) -> List[int]:
+    """Where out-of-range positions read from, for the non-zero padding modes."""
+    if padding == 'replicate':
+        return [min(max(p, 0), length - 1) for p in positions]
+    if padding == 'circular':
+        return [p % length for p in positions]
+    # 'reflect' (mirror without repeating the edge), periodic for any distance
+    if length == 1:
+        return [0 for _ in positions]
+    period = 2 * (length - 1)
+    idx = [p % period for p in positions]
+    return [i if i < length else period - i for i in idx]
+
+
+def _split_rows(length: int, shift: int) -> Tuple[int, int]:
+    """Output rows ``[lo, hi)`` that read inside the image for this shift."""
+    lo = min(max(-shift, 0), length)
+    hi = max(min(length - shift, length), lo)
+    return lo, hi
+
+
+def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
+                   padding: str) -> Tensor:
+    out = torch.empty_like(x)
+    length = x.shape[dim]
+    for c0, c1, shift in group_shifts(x.shape[1], shift_size, dilation):
+        src = x[:, c0:c1]
+        dst = out[:, c0:c1]
+        lo, hi = _split_rows(length, shift)
+        if hi > lo:
+            dst.narrow(dim, lo, hi - lo).copy_(src.narrow(dim, lo + shift, hi - lo))
+        border = list(range(0, lo)) + list(range(hi, length))
+        if len(border) == 0:
+            continue
+        if padding == 'zero':
+            if lo > 0:
+                dst.narrow(dim, 0, lo).zero_()
+            if hi < length:
+                dst.narrow(dim, hi, length - hi).zero_()
+        else:
+            index = border_source_index(length, [p + shift for p in border], padding)
+            rows = torch.tensor(index, dtype=torch.long, device=x.device)
+            picked = src.index_select(dim, rows)
+            if lo > 0:
+                dst.narrow(dim, 0, lo).copy_(picked.narrow(dim, 0, lo))
+            if hi < length:
+                dst.narrow(dim, hi, length - hi).copy_(picked.narrow(dim, lo, length - hi))
+    return out
+
+
+def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
+                   padding: str) -> Tensor:
+    """Transpose of :func:`_shift_forward`: the gradient w.r.t. its input."""
+    out = torch.zeros_like(grad) if padding != 'zero' else torch.empty_like(grad)
+    length = grad.shape[dim]
+    for c0, c1, shift in group_shifts(grad.shape[1], shift_size, dilation):
+        g_out = grad[:, c0:c1]
+        g_in = out[:, c0:c1]
+        lo, hi = _split_rows(length, shift)
+        # inside rows: in[h + shift] receives out[h]
+        if hi > lo:
+            g_in.narrow(dim, lo + shift, hi - lo).copy_(g_out.narrow(dim, lo, hi - lo))
+        if padding == 'zero':
+            # input rows nobody reads get no gradient
+            if hi <= lo:
+                g_in.zero_()
+                continue
+            if lo + shift > 0:
+                g_in.narrow(dim, 0, lo + shift).zero_()
+            if hi + shift < length:
+                g_in.narrow(dim, hi + shift, length - hi - shift).zero_()
+            continue
+        border = list(range(0, lo)) + list(range(hi, length))
+        if len(border) == 0:
+            continue
+        index = border_source_index(length, [p + shift for p in border], padding)
+        rows = torch.tensor(index, dtype=torch.long, device=grad.device)
+        picked = torch.cat([g_out.narrow(dim, 0, lo), g_out.narrow(dim, hi, length - hi)],
+                           dim=dim)
+        g_in.index_add_(dim, rows, picked)
+    return out
+
+
+class _AxialShiftFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, dim, shift_size, dilation, padding):
+        ctx.args = (dim, shift_size, dilation, padding)
+        return _shift_forward(x, dim, shift_size, dilation, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AxialShiftAdjoint.apply(grad, *ctx.args), None, None, None, None
+
+
+class _AxialShiftAdjoint(torch.autograd.Function):
+    """The adjoint as a function of its own, so that double backward works too."""
+
+    @staticmethod
+    def forward(ctx, grad, dim, shift_size, dilation, padding):
+        ctx.args = (dim, shift_size, dilation, padding)
+        return _shift_adjoint(grad, dim, shift_size, dilation, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AxialShiftFunction.apply(grad, *ctx.args), None, None, None, None
+
+
+def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
+                padding: str = 'zero') -> Tensor:
+    """Shift channel groups of an NCHW tensor along one spatial axis.
+
+    Args:
+        x (Tensor): Input of shape (N, C, H, W), any device and dtype.
+        dim (int): The spatial axis to shift along: 2 (or -2) for H, 3 (or -1) for W.
+        shift_size (int): Number of channel groups; odd and >= 1. Group ``g`` moves by
+            ``(shift_size // 2 - g) * dilation`` pixels.
+        dilation (int): Spacing between the shifts of neighbouring groups. Defaults to 1.
+        padding (str): Where out-of-image reads come from: 'zero', 'replicate',
+            'reflect' or 'circular'. Defaults to 'zero'.
+
+    Returns:
+        Tensor: A new tensor of the same shape, dtype and device.
+    """
+    check_shift_args(shift_size, dilation, padding)
+    if x.dim() != 4:
+        raise ValueError(f'axial_shift expects an NCHW tensor, got shape {tuple(x.shape)}')
+    if dim not in (2, 3, -1, -2):
+        raise ValueError(f'dim must be 2 (H) or 3 (W) of an NCHW tensor, got {dim}')
+    dim = dim % 4
+    if torch.onnx.is_in_onnx_export() or not (x.requires_grad and torch.is_grad_enabled()):
+        return _shift_forward(x, dim, shift_size, dilation, padding)
+    return _AxialShiftFunction.apply(x, dim, shift_size, dilation, padding)
