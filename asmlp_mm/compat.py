@@ -101,3 +101,34 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs):
         super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def enable_amp(cfg):
+    """Turn on mixed precision in a config: fp16 AMP on CUDA, bf16 autocast elsewhere."""
+    wrapper = cfg.optim_wrapper
+    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
+                                                   'AutocastOptimWrapper'):
+        raise ValueError(f'--amp supports OptimWrapper configs, got {wrapper["type"]}')
+    if torch.cuda.is_available():
+        wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
+    else:
+        wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
+
+
+def adapt_to_device(cfg):
+    """Make a config's distributed settings work on a machine without CUDA.
+
+    mmengine 0.10.7 calls ``torch.cuda.set_device`` when it initializes a 'pytorch'
+    launch, defaults to the nccl backend, and wraps the model with CUDA ``device_ids``.
+    Without CUDA this initializes the gloo process group itself (the runner then skips its
+    own initialization) and selects :class:`CPUDistributedDataParallel`.
+    """
+    if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
+        return
+    import torch.distributed as dist
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if cfg.launcher == 'pytorch' and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel')

@@ -1,0 +1,17 @@
+# AS-MLP-T, ImageNet-1K from scratch: 300 epochs, batch 1024 (8 GPUs x 128).
+# Swin's recipe, as the paper uses: AdamW lr 1e-3, weight decay 0.05 (none on norms and
+# biases), cosine with 20 linear warm-up epochs, RandAugment m9-mstd0.5, mixup 0.8,
+# cutmix 1.0, random erasing 0.25, label smoothing 0.1, grad clip 5, bicubic resizing,
+# test resize 256 + center crop 224.
+_base_ = [
+    '../_base_/models/asmlp-tiny_in1k.py',
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=128)
+test_dataloader = dict(batch_size=128)
+
+optim_wrapper = dict(clip_grad=dict(max_norm=5.0))

@@ -1,0 +1,43 @@
+# CPU demo of the AS-MLP-T ImageNet config: same classifier and recipe, but a tiny AS-MLP,
+# 48x48 images of three shapes (tools/make_demo_data.py cls data/demo/shapes_cls) and a
+# short schedule. Trains and evaluates in well under a minute on 2 CPU cores.
+_base_ = '../asmlp/asmlp-tiny_8xb128_in1k.py'
+
+data_root = 'data/demo/shapes_cls'
+num_classes = 3
+
+model = dict(
+    backbone=dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1]), drop_path_rate=0.),
+    head=dict(num_classes=num_classes, in_channels=128),
+    train_cfg=dict(_delete_=True))  # no mixup/cutmix on 60 images
+data_preprocessor = dict(num_classes=num_classes)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(
+    batch_size=8, num_workers=0, persistent_workers=False,
+    dataset=dict(_delete_=True, type='CustomDataset', data_root=data_root,
+                 data_prefix='train', pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=8, num_workers=0, persistent_workers=False,
+    dataset=dict(_delete_=True, type='CustomDataset', data_root=data_root,
+                 data_prefix='val', pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=True, end=1,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1),
+]
+train_cfg = dict(max_epochs=8, val_interval=4)
+default_hooks = dict(
+    logger=dict(interval=5),
+    checkpoint=dict(interval=4, max_keep_ckpts=2))
+randomness = dict(seed=0, deterministic=True)

@@ -1,0 +1,60 @@
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asmlp_mm.analysis import build_model_from_config, count_flops, count_params
+from asmlp_mm.datasets import make_classification_folder
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CLS_CONFIGS = osp.join(ROOT, 'configs', 'asmlp')
+
+
+# the paper's figures: (config, input size, params in M, FLOPs in G)
+PAPER = [
+    ('asmlp-tiny_8xb128_in1k.py', 224, 28, 4.4),
+    ('asmlp-small_8xb128_in1k.py', 224, 50, 8.5),
+    ('asmlp-base_8xb128_in1k.py', 224, 88, 15.2),
+    ('asmlp-base_8xb128_in1k-384px.py', 384, 88, 44.6),
+]
+
+
+@pytest.mark.parametrize('config,size,params,flops', PAPER)
+def test_params_and_flops_match_paper(config, size, params, flops):
+    model = build_model_from_config(osp.join(CLS_CONFIGS, config))
+    assert count_params(model) / 1e6 == pytest.approx(params, abs=0.5)
+    assert count_flops(model, [torch.zeros(1, 3, size, size)]) / 1e9 == pytest.approx(
+        flops, abs=0.05)
+
+
+def run_tool(*args, cwd):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_tiny_train_and_test_through_tools(tmp_path):
+    data = tmp_path / 'shapes_cls'
+    make_classification_folder(str(data), num_train=8, num_val=4, size=32)
+    work = tmp_path / 'work'
+    config = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+    opts = ['--cfg-options', f'data_root={data}',
+            f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}',
+            f'test_dataloader.dataset.data_root={data}', 'train_cfg.max_epochs=2',
+            'train_cfg.val_interval=2']
+    run_tool(osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(work), *opts,
+             cwd=tmp_path)
+    ckpt = work / 'epoch_2.pth'
+    assert ckpt.is_file()
+    # resume on torch >= 2.6 (weights_only loading of mmengine's message hub)
+    out = run_tool(osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(work),
+                   '--resume', *opts[:-2], 'train_cfg.max_epochs=3', cwd=tmp_path)
+    assert 'resumed epoch: 2' in out.lower() or 'Load checkpoint from' in out
+    assert (work / 'epoch_3.pth').is_file()
+    out = run_tool(osp.join(ROOT, 'tools', 'test.py'), config, str(work / 'epoch_3.pth'),
+                   '--work-dir', str(work), *opts, cwd=tmp_path)
+    assert 'accuracy/top1' in out

@@ -1,0 +1,46 @@
+"""Shared parts of tools/train.py and tools/test.py: one config loader for every toolbox.
+
+The config's ``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') decides which toolbox
+builds the model, datasets and metrics; nothing here depends on the task.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import asmlp_mm  # noqa: E402,F401  registers ASMLP and applies the compat fixes
+from asmlp_mm import compat  # noqa: E402
+
+
+def add_common_args(parser: argparse.ArgumentParser):
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config entries, e.g. train_dataloader.batch_size=4 '
+        'train_dataloader.dataset.data_root=/data/coco/')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher (tools/dist_train.sh uses pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def load_config(args) -> Config:
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config file {args.config!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    compat.adapt_to_device(cfg)
+    return cfg

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Usage: tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py args...]
+# One process per GPU (or per CPU worker with gloo when no GPU is present).
+set -e
+CONFIG=$1
+CHECKPOINT=$2
+NPROC=$3
+shift 3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+DIR=$(cd "$(dirname "$0")" && pwd)
+PYTHONPATH="$DIR/..":$PYTHONPATH \
+exec python -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" --nproc_per_node="$NPROC" --master_port="$PORT" \
+    "$DIR/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"

@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint with any config of this repository.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta] [--show-dir DIR]
+        [--out FILE.pkl] [--cfg-options KEY=VALUE ...] [--launcher ...]
+
+``--tta`` swaps in the config's ``tta_model`` and ``tta_pipeline`` (multi-scale + flip
+for the segmentation configs: the "MS mIoU" of the paper).
+"""
+import argparse
+import json
+import os.path as osp
+
+from _common import add_common_args, load_config
+from mmengine.config import ConfigDict
+from mmengine.runner import Runner
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    add_common_args(parser)
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation from the config (tta_model)')
+    parser.add_argument('--show-dir',
+                        help='save drawn predictions under WORK_DIR/TIMESTAMP/SHOW_DIR')
+    parser.add_argument('--out', help='dump raw predictions to this pickle file')
+    parser.add_argument('--dump-metrics', help='write the final metrics to this JSON file')
+    return parser.parse_args()
+
+
+def enable_drawing(cfg, show_dir):
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise SystemExit('--show-dir needs a "visualization" hook in default_hooks')
+    if hook['type'] == 'VisualizationHook':  # mmpretrain
+        hook.update(enable=True, out_dir=show_dir)
+    else:  # DetVisualizationHook, SegVisualizationHook
+        hook.update(draw=True, test_out_dir=show_dir, interval=1)
+
+
+def enable_tta(cfg):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise SystemExit(f'--tta: the config defines no tta_model/tta_pipeline')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def main():
+    args = parse_args()
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        enable_drawing(cfg, args.show_dir)
+    if args.tta:
+        enable_tta(cfg)
+    runner = Runner.from_cfg(cfg)
+    if args.out:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    if args.dump_metrics:
+        with open(args.dump_metrics, 'w') as f:
+            json.dump({k: float(v) for k, v in metrics.items()
+                       if isinstance(v, (int, float))}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

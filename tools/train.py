@@ -1,0 +1,47 @@
+"""Train any config of this repository (classification, detection or segmentation).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+import argparse
+
+from _common import add_common_args, load_config
+from mmengine.runner import Runner
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model')
+    add_common_args(parser)
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from CKPT, or from the latest checkpoint in the work dir if no '
+        'path is given')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPU')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the learning rate by the actual total batch size')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args)
+    if args.amp:
+        from asmlp_mm.compat import enable_amp
+        enable_amp(cfg)
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if args.auto_scale_lr:
+        cfg.setdefault('auto_scale_lr', {})['enable'] = True
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
