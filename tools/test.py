@@ -40,9 +40,26 @@ def enable_drawing(cfg, show_dir):
 
 def enable_tta(cfg):
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise SystemExit(f'--tta: the config defines no tta_model/tta_pipeline')
+        raise SystemExit('--tta: the config defines no tta_model/tta_pipeline')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def check_checkpoint_fits(model, checkpoint):
+    """Fail with the mismatched keys instead of evaluating a half-loaded model."""
+    from asmlp_mm.compat import CheckpointError, load_local_checkpoint
+    from asmlp_mm.engine import describe_mismatches, state_dict_mismatches
+    try:
+        loaded = load_local_checkpoint(checkpoint, map_location='cpu')
+    except CheckpointError as err:
+        raise SystemExit(str(err))
+    state = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+        raise SystemExit(f'checkpoint {checkpoint!r} holds no state dict')
+    problems = state_dict_mismatches(model.state_dict(), state)
+    if problems:
+        raise SystemExit(describe_mismatches(checkpoint, problems,
+                                             f'the model of this config ({type(model).__name__})'))
 
 
 def main():
@@ -56,6 +73,7 @@ def main():
     if args.tta:
         enable_tta(cfg)
     runner = Runner.from_cfg(cfg)
+    check_checkpoint_fits(runner.model.module if args.tta else runner.model, args.checkpoint)
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

@@ -32,8 +32,12 @@ def main():
         from asmlp_mm.compat import enable_amp
         enable_amp(cfg)
     if args.resume == 'auto':
+        # the newest checkpoint that loads (a save cut off by a crash is skipped)
+        from asmlp_mm.engine import find_resumable_checkpoint
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
+        if cfg.load_from is None:
+            print(f'--resume: no checkpoint in {cfg.work_dir}, training from scratch')
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume

@@ -346,6 +346,37 @@ class ASMLP(BaseModule):
             for param in module.parameters():
                 param.requires_grad = False
 
+    def init_weights(self):
+        """Initialize, or load ``init_cfg=dict(type='Pretrained', checkpoint, prefix)``.
+
+        Unlike mmengine's non-strict loading, a checkpoint that does not fit this arch
+        (other widths or depths, missing blocks) raises a ``ValueError`` naming the
+        mismatched keys. Only the output norms (``norm{i}``) may be absent, since a
+        classifier checkpoint has just the final one.
+        """
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            return super().init_weights()
+        from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_with_prefix
+        from ..engine import describe_mismatches, state_dict_mismatches
+        checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix')
+        if prefix is None:
+            state = _load_checkpoint(checkpoint, map_location='cpu')
+            state = state.get('state_dict', state)
+        else:
+            try:
+                state = _load_checkpoint_with_prefix(prefix, checkpoint, map_location='cpu')
+            except AssertionError:
+                raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '
+                                 f'{prefix!r}') from None
+        problems = state_dict_mismatches(self.state_dict(), state, optional=['norm[0-3].*'])
+        if problems:
+            raise ValueError(describe_mismatches(
+                checkpoint, problems, f'ASMLP(embed_dims={self.embed_dims}, '
+                f'depths={self.arch_settings["depths"]})'))
+        self.load_state_dict(state, strict=False)
+        self._is_init = True
+
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze_stages()

@@ -36,7 +36,9 @@ param_scheduler = [
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1),
 ]
-train_cfg = dict(max_epochs=8, val_interval=4)
+# reseeds per batch, so that an interrupted + resumed run equals an uninterrupted one
+train_cfg = dict(_delete_=True, type='ReseedingEpochBasedTrainLoop', max_epochs=8,
+                 val_interval=4)
 default_hooks = dict(
     logger=dict(interval=5),
     checkpoint=dict(interval=4, max_keep_ckpts=2))

@@ -1,0 +1,105 @@
+"""Crash-safe checkpoint files.
+
+mmengine writes a checkpoint by opening the final path and writing into it, so a process
+killed during the save leaves a truncated file that ``last_checkpoint`` may already name
+(or that ``--resume`` finds). Here every local write goes to a temporary file in the same
+folder and is renamed over the target only once complete, and resuming picks the newest
+checkpoint that actually loads.
+"""
+import fnmatch
+import glob
+import os
+import os.path as osp
+import re
+import tempfile
+from typing import List, Optional
+
+from mmengine.fileio import LocalBackend, register_backend
+
+
+class AtomicLocalBackend(LocalBackend):
+    """Local file backend whose writes are atomic (temporary file, fsync, rename)."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        filepath = str(filepath)
+        folder = osp.dirname(osp.abspath(filepath))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix=osp.basename(filepath))
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                f.write(obj)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, filepath)
+        except BaseException:
+            if osp.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        self.put(obj.encode(encoding), filepath)
+
+
+def use_atomic_local_writes() -> None:
+    """Make mmengine's default local backend the atomic one (checkpoints, dumps)."""
+    register_backend('local', AtomicLocalBackend, force=True)
+
+
+def _checkpoint_order(path: str):
+    numbers = re.findall(r'\d+', osp.basename(path))
+    return (int(numbers[-1]) if numbers else -1, osp.getmtime(path))
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest checkpoint in ``work_dir`` that loads, or None.
+
+    Tries the file named by ``last_checkpoint`` first, then ``*.pth`` files from the
+    highest epoch/iteration down, skipping unreadable ones (e.g. cut off by a crash).
+    """
+    from ..compat import CheckpointError, load_local_checkpoint
+    candidates = []
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named:
+            candidates.append(named)
+    candidates += sorted(glob.glob(osp.join(work_dir, '*.pth')), key=_checkpoint_order,
+                         reverse=True)
+    for path in candidates:
+        if not osp.isfile(path):
+            continue
+        try:
+            load_local_checkpoint(path, map_location='cpu')
+        except CheckpointError:
+            continue
+        return path
+    return None
+
+
+def state_dict_mismatches(model_state: dict, loaded: dict, optional=()) -> List[str]:
+    """Human-readable differences between a model's state dict and a loaded one.
+
+    Keys matching one of the ``optional`` glob patterns may be absent on either side.
+    """
+    def is_optional(key):
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in optional)
+
+    problems = []
+    for key, value in model_state.items():
+        if key not in loaded:
+            if not is_optional(key):
+                problems.append(f'missing in the checkpoint: {key}')
+        elif tuple(loaded[key].shape) != tuple(value.shape):
+            problems.append(f'shape of {key}: {tuple(loaded[key].shape)} in the checkpoint, '
+                            f'{tuple(value.shape)} in the model')
+    problems += [f'not in the model: {key}' for key in loaded
+                 if key not in model_state and not is_optional(key)]
+    return problems
+
+
+def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8) -> str:
+    shown = '\n  '.join(problems[:limit])
+    more = f'\n  ... and {len(problems) - limit} more' if len(problems) > limit else ''
+    return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)\n'
+            f'  {shown}{more}')

@@ -1,0 +1,110 @@
+import os.path as osp
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from mmengine.fileio import get_file_backend
+
+import asmlp_mm  # noqa: F401  (installs the atomic backend and checkpoint loader)
+from asmlp_mm.compat import CheckpointError, load_local_checkpoint
+from asmlp_mm.datasets import make_classification_folder
+from asmlp_mm.engine import AtomicLocalBackend, find_resumable_checkpoint, reseed
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+
+
+def test_local_writes_are_atomic(tmp_path, monkeypatch):
+    backend = get_file_backend(str(tmp_path / 'x.pth'))
+    assert isinstance(backend, AtomicLocalBackend)
+    target = tmp_path / 'ckpt.pth'
+    backend.put(b'old', str(target))
+
+    # a crash in the middle of writing leaves the previous file untouched
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr('os.fsync', crash)
+    with pytest.raises(KeyboardInterrupt):
+        backend.put(b'new contents', str(target))
+    assert target.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pth']
+
+
+def test_find_resumable_checkpoint_skips_broken_files(tmp_path):
+    torch.save({'state_dict': {}, 'meta': {'epoch': 1}}, tmp_path / 'epoch_1.pth')
+    torch.save({'state_dict': {}, 'meta': {'epoch': 2}}, tmp_path / 'epoch_2.pth')
+    data = (tmp_path / 'epoch_2.pth').read_bytes()
+    (tmp_path / 'epoch_3.pth').write_bytes(data[:len(data) // 2])  # cut off by a crash
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')
+    assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+def test_non_checkpoint_file_gives_clear_error(tmp_path):
+    bad = tmp_path / 'notes.pth'
+    bad.write_text('not a checkpoint')
+    with pytest.raises(CheckpointError, match='not|cannot load'):
+        load_local_checkpoint(str(bad))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_local_checkpoint(str(tmp_path / 'missing.pth'))
+
+
+def test_reseed_is_a_function_of_its_keys():
+    reseed(0, 3, 5)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.rand(100)
+    reseed(0, 3, 5)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+    reseed(0, 3, 6)
+    assert torch.rand(1).item() != a[2]
+
+
+def train_cmd(work, data, *opts, resume=False):
+    opts = [f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}',
+            f'test_dataloader.dataset.data_root={data}', 'train_cfg.val_interval=2',
+            'train_cfg.max_epochs=4', 'default_hooks.checkpoint.interval=1',
+            'default_hooks.checkpoint.max_keep_ckpts=10',
+            'model.backbone.drop_path_rate=0.2', *opts]  # drop path draws random numbers
+    return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), CLS_DEMO, '--work-dir',
+            str(work), *(['--resume'] if resume else []), '--cfg-options', *opts]
+
+
+def run(cmd):
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    data = tmp_path / 'data'
+    make_classification_folder(str(data), num_train=6, num_val=3, size=32)
+    run(train_cmd(tmp_path / 'full', data))
+
+    # kill a second run as soon as it has saved epoch 2
+    cut = tmp_path / 'cut'
+    proc = subprocess.Popen(train_cmd(cut, data), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (cut / 'epoch_2.pth').exists():
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    if (cut / 'epoch_4.pth').exists():  # it finished before the kill: cut it back
+        for name in ('epoch_3.pth', 'epoch_4.pth'):
+            (cut / name).unlink(missing_ok=True)
+        (cut / 'last_checkpoint').write_text(str(cut / 'epoch_2.pth'))
+
+    log = run(train_cmd(cut, data, resume=True))
+    assert 'resumed epoch' in log.lower()
+    full = torch.load(tmp_path / 'full' / 'epoch_4.pth', weights_only=False)
+    resumed = torch.load(cut / 'epoch_4.pth', weights_only=False)
+    for key, value in full['state_dict'].items():
+        assert torch.equal(value, resumed['state_dict'][key]), key
+    losses = [c['message_hub']['log_scalars']['train/loss']._log_history[-3:].tolist()
+              for c in (full, resumed)]
+    assert losses[0] == losses[1]
