@@ -1,0 +1,104 @@
+"""The paper's figures, read from the model zoo metafiles (the one place they are written).
+
+``model-index.yml`` at the repository root imports one ``metafile.yml`` per config folder
+in the OpenMMLab format. Each model entry names its config and carries the paper's results,
+``Parameters`` and ``FLOPs`` (multiply-accumulates) and ``FLOPs Input Shape`` (H, W), the
+input size the paper's FLOPs were counted at.
+"""
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import yaml
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MODEL_INDEX = 'model-index.yml'
+
+
+@dataclass(frozen=True)
+class PaperModel:
+    """One model of the zoo.
+
+    Args:
+        name (str): Model name (the config's file name without ``.py``).
+        config (str): Config path relative to the repository root.
+        collection (str): Name of its collection (e.g. 'AS-MLP').
+        params (int, optional): Parameter count the paper gives.
+        flops (int, optional): Multiply-accumulates the paper gives.
+        flops_shape (tuple, optional): (H, W) of the input the paper's FLOPs refer to.
+        results (list[dict]): ``{'Task', 'Dataset', 'Metrics'}`` entries.
+        metadata (dict): The entry's whole ``Metadata`` mapping.
+    """
+    name: str
+    config: str
+    collection: str
+    params: Optional[int]
+    flops: Optional[int]
+    flops_shape: Optional[Tuple[int, int]]
+    results: List[dict] = field(default_factory=list)
+    metadata: Dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """The first result's task, e.g. 'Image Classification' or 'Object Detection'."""
+        return self.results[0]['Task'] if self.results else ''
+
+    def config_path(self, root: str = REPO_ROOT) -> str:
+        return osp.join(root, self.config)
+
+    def metrics(self) -> Dict[str, float]:
+        """All metrics of all results in one mapping, e.g. {'box AP': 44.0, 'mask AP': 40.0}."""
+        merged = {}
+        for result in self.results:
+            merged.update(result.get('Metrics', {}))
+        return merged
+
+
+def _read_yaml(path: str):
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'model zoo file {path!r} does not exist')
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _parse_model(entry: dict, metafile: str) -> PaperModel:
+    for key in ('Name', 'Config', 'In Collection'):
+        if key not in entry:
+            raise ValueError(f'{metafile}: model entry {entry.get("Name", entry)!r} has no '
+                             f'{key!r} field')
+    meta = entry.get('Metadata', {}) or {}
+    shape = meta.get('FLOPs Input Shape')
+    if shape is not None and (len(shape) != 2 or not all(isinstance(v, int) for v in shape)):
+        raise ValueError(f'{metafile}: "FLOPs Input Shape" of {entry["Name"]} must be '
+                         f'[H, W], got {shape!r}')
+    results = entry.get('Results', [])
+    if isinstance(results, dict):  # a single result may be written without a list
+        results = [results]
+    return PaperModel(
+        name=entry['Name'], config=entry['Config'], collection=entry['In Collection'],
+        params=meta.get('Parameters'), flops=meta.get('FLOPs'),
+        flops_shape=tuple(shape) if shape is not None else None,
+        results=list(results), metadata=dict(meta))
+
+
+def metafile_paths(root: str = REPO_ROOT) -> List[str]:
+    """The metafiles ``model-index.yml`` imports, as absolute paths."""
+    index = _read_yaml(osp.join(root, MODEL_INDEX))
+    return [osp.join(root, p) for p in index.get('Import', [])]
+
+
+def load_models(root: str = REPO_ROOT) -> List[PaperModel]:
+    """Every model entry of every metafile that ``model-index.yml`` imports."""
+    models = []
+    for path in metafile_paths(root):
+        models += [_parse_model(m, path) for m in _read_yaml(path).get('Models', [])]
+    return models
+
+
+def find_model(config: str, root: str = REPO_ROOT) -> Optional[PaperModel]:
+    """The zoo entry whose config is ``config`` (a path, or a model name), or ``None``."""
+    target = osp.splitext(osp.basename(config))[0]
+    for model in load_models(root):
+        if model.name == target or osp.splitext(osp.basename(model.config))[0] == target:
+            return model
+    return None
