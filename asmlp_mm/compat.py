@@ -4,6 +4,7 @@ Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and registers
 classes below; each item says why it exists and when it can go.
 """
 import os
+import pickle
 from contextlib import contextmanager
 
 import numpy as np
@@ -26,22 +27,42 @@ def _checkpoint_safe_globals():
     the runtime info holds numpy scalars. They are allow-listed so that checkpoints are
     still loaded with ``weights_only=True`` (no arbitrary code runs while loading).
     """
-    core = getattr(np, '_core', None) or np.core
-    safe = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct,
-            core.multiarray.scalar]
+    try:  # numpy >= 2 (also present as an alias in numpy 1.26)
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
+    safe = [HistoryBuffer, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
     safe += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8,
                                          np.int16, np.int32, np.int64, np.uint8, np.bool_)]
     return safe
+
+
+# What mmengine's training checkpoints pickle besides tensors: ``HistoryBuffer`` keeps its
+# statistics methods as ``getattr(HistoryBuffer, 'min')``, which weights_only refuses.
+MMENGINE_CHECKPOINT_GLOBALS = {
+    'builtins.getattr', 'mmengine.logging.history_buffer.HistoryBuffer',
+    'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
+    'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar', 'numpy.ndarray',
+    'numpy.dtype'
+}
 
 
 def load_local_checkpoint(filename, map_location=None):
     """Replacement of mmengine's ``load_from_local`` for torch >= 2.6.
 
     mmengine 0.10.7 calls ``torch.load(filename, map_location)``; torch 2.6 made
-    ``weights_only=True`` the default, which rejects the HistoryBuffer and numpy objects in
-    mmengine's checkpoints, so ``--resume`` and ``load_from`` fail. This loader keeps
-    ``weights_only=True`` with those classes allow-listed, and turns unreadable files into
-    one clear error. Remove when mmengine passes its own allow-list (mmengine > 0.10.7).
+    ``weights_only=True`` the default, which rejects the objects in mmengine's training
+    checkpoints, so ``--resume`` and ``load_from`` fail. This loader:
+
+    1. loads with ``weights_only=True`` and numpy / HistoryBuffer allow-listed (enough for
+       weights-only files such as converted or published checkpoints);
+    2. otherwise, if every non-tensor global in the file is one that mmengine itself
+       writes (``MMENGINE_CHECKPOINT_GLOBALS``), loads it as mmengine did before torch 2.6,
+       with full unpickling: checkpoints are pickles, load only files you trust;
+    3. otherwise raises :class:`CheckpointError` naming the unexpected globals, and turns
+       unreadable files into the same clear error.
+
+    Remove when mmengine handles ``weights_only`` itself (mmengine > 0.10.7).
     """
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
@@ -49,11 +70,30 @@ def load_local_checkpoint(filename, map_location=None):
     try:
         with torch.serialization.safe_globals(_checkpoint_safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_error = err
     except Exception as err:  # torch raises several types for broken files
+        raise _unreadable(filename, err) from err
+    try:
+        unknown = set(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+    except Exception as err:
+        raise _unreadable(filename, err) from err
+    unknown -= MMENGINE_CHECKPOINT_GLOBALS
+    if unknown:
         raise CheckpointError(
-            f'cannot load {filename!r} as a PyTorch checkpoint: expected a file written by '
-            f'torch.save (e.g. by tools/train.py). {type(err).__name__}: '
-            f'{str(err).splitlines()[0] if str(err) else ""}') from err
+            f'{filename!r} pickles objects that are not weights nor mmengine training state: '
+            f'{sorted(unknown)}; refusing to unpickle them') from first_error
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise _unreadable(filename, err) from err
+
+
+def _unreadable(filename, err):
+    detail = str(err).splitlines()[0] if str(err) else ''
+    return CheckpointError(f'cannot load {filename!r} as a PyTorch checkpoint: expected a file '
+                           f'written by torch.save (e.g. by tools/train.py). '
+                           f'{type(err).__name__}: {detail}')
 
 
 def patch_checkpoint_loading():
@@ -91,15 +131,58 @@ class AutocastOptimWrapper(OptimWrapper):
             yield
 
 
+class GlooSyncBatchNorm(torch.nn.SyncBatchNorm):
+    """``SyncBatchNorm`` that also synchronizes CPU tensors (gloo process groups).
+
+    torch's SyncBatchNorm raises for CPU inputs. In training with more than one process
+    this computes the batch statistics over all processes with a differentiable
+    all-reduce of per-channel sums; otherwise it is torch's implementation. Remove when
+    torch supports CPU SyncBatchNorm.
+    """
+
+    def forward(self, x):
+        import torch.distributed as dist
+        if x.is_cuda or not self.training or not dist.is_initialized() \
+                or dist.get_world_size(self.process_group) < 2:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        channels = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        count = x.new_full((1, ), x.numel() / channels)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
+                           group=self.process_group or dist.group.WORLD)
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = stats[channels:2 * channels] / total - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None \
+                    else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * total / (total - 1).clamp(min=1)
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(unbiased, momentum)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
 @MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """``MMDistributedDataParallel`` for CPU (gloo) processes.
 
     The runner always passes ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU
-    modules. This wrapper drops it. Remove when mmengine stops passing device ids for CPU.
+    modules: this wrapper drops it. It also turns the model's ``SyncBatchNorm`` layers
+    into :class:`GlooSyncBatchNorm`, so that SyncBN stays synchronized on CPU. Remove when
+    mmengine stops passing device ids for CPU and torch syncs BN on CPU.
     """
 
     def __init__(self, module, device_ids=None, **kwargs):
+        for m in module.modules():
+            if type(m) is torch.nn.SyncBatchNorm:
+                m.__class__ = GlooSyncBatchNorm
         super().__init__(module=module, device_ids=None, **kwargs)
 
 

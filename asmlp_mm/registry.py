@@ -18,7 +18,8 @@ def register_all():
             registry = importlib.import_module(name).MODELS
         except ImportError:
             continue
-        if registry.get('ASMLP') is not ASMLP:
+        # module_dict, not registry.get(): get() would import the whole toolbox
+        if registry.module_dict.get('ASMLP') is not ASMLP:
             registry.register_module(module=ASMLP, force=True)
         scopes.append(registry.scope)
     return scopes

@@ -7,7 +7,8 @@ data_root = 'data/demo/shapes_cls'
 num_classes = 3
 
 model = dict(
-    backbone=dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1]), drop_path_rate=0.),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=16, depths=[1, 1, 1, 1]),
+                  drop_path_rate=0.),
     head=dict(num_classes=num_classes, in_channels=128),
     train_cfg=dict(_delete_=True))  # no mixup/cutmix on 60 images
 data_preprocessor = dict(num_classes=num_classes)
