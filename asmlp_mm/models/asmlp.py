@@ -3,6 +3,13 @@
 A four-stage pyramid of NCHW feature maps. Each block mixes tokens with the axial shift
 (channel groups moved along H and along W, then 1x1 convolutions) and mixes channels with a
 1x1-convolution MLP; every normalization is GroupNorm with a single group.
+
+Fast path: on CPU (or for any channels-last input) the backbone runs in channels-last
+memory: every 1x1 convolution is then one matrix product over the NHWC view of its input
+(the (out, in, 1, 1) conv weight viewed as (out, in)), GroupNorm uses its channels-last
+kernel, and in inference the GELUs and residual additions write into tensors the block has
+just made instead of allocating new ones. The computation, the parameters and the
+state-dict layout are those of the plain NCHW modules.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence, Union
@@ -23,6 +30,59 @@ CONNECTIONS = ('parallel', 'serial')
 
 def conv1x1(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution; on channels-last input, one matrix product over
+    the NHWC view of ``x`` with the conv weight viewed as (out, in)."""
+    if not is_channels_last(x):
+        return conv(x)
+    weight = conv.weight.reshape(conv.weight.shape[0], -1)
+    return F.linear(x.permute(0, 2, 3, 1), weight, conv.bias).permute(0, 3, 1, 2)
+
+
+def may_overwrite(x: torch.Tensor) -> bool:
+    """Whether an op may write its result into ``x`` (a tensor the caller has just made):
+    nothing records ``x`` for backward, and no tracer, compiler or exporter is watching."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return False
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
+
+
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; a GELU writes into ``x`` when :func:`may_overwrite` allows."""
+    if type(act) is nn.GELU and may_overwrite(x):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (a tensor the caller has just made and
+    that no backward needs) unless a tracer, compiler or exporter is watching."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
+            or torch.compiler.is_compiling():
+        return fresh + other
+    return fresh.add_(other)
+
+
+def residual(x: torch.Tensor, branch: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(branch)`` with fewer passes: stochastic depth as one fused
+    multiply-add (the same random draws as mmcv's ``DropPath``), and in inference the sum
+    written into ``branch``."""
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0:
+        keep = 1 - drop_path.drop_prob
+        shape = (x.shape[0], ) + (1, ) * (x.dim() - 1)
+        scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
+        return torch.addcmul(x, branch, scale.div_(keep))
+    branch = drop_path(branch)
+    if may_overwrite(branch):
+        return branch.add_(x)
+    return x + branch
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -67,7 +127,7 @@ class PatchMerging(nn.Module):
         x = pad_to_multiple(x, 2)
         x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2],
                        x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], dim=1)
-        return self.reduction(self.norm(x))
+        return pointwise_conv(self.reduction, self.norm(x))
 
 
 class AxialShiftMixer(nn.Module):
@@ -111,13 +171,13 @@ class AxialShiftMixer(nn.Module):
         return axial_shift(x, dim, self.shift_size, self.dilation, self.padding)
 
     def forward(self, x):
-        x = self.act(self.norm_in(self.proj_in(x)))
-        x_w = self.act(self.proj_w(self.shift(x, 3)))
-        if self.serial:
-            x = self.act(self.proj_h(self.shift(x_w, 2)))
-        else:
-            x = x_w + self.act(self.proj_h(self.shift(x, 2)))
-        return self.proj_out(self.norm_out(x))
+        x = activate(self.act, self.norm_in(pointwise_conv(self.proj_in, x)))
+        x_w = activate(self.act, pointwise_conv(self.proj_w, self.shift(x, 3)))
+        x_h = x_w if self.serial else x
+        x_h = activate(self.act, pointwise_conv(self.proj_h, self.shift(x_h, 2)))
+        # the activation's output is needed by no backward: sum into it
+        x = x_h if self.serial else add_into(x_w, x_h)
+        return pointwise_conv(self.proj_out, self.norm_out(x))
 
 
 class ChannelMLP(nn.Module):
@@ -133,7 +193,8 @@ class ChannelMLP(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        x = self.drop(activate(self.act, pointwise_conv(self.fc1, x)))
+        return self.drop(pointwise_conv(self.fc2, x))
 
 
 class ASMLPBlock(nn.Module):
@@ -163,8 +224,8 @@ class ASMLPBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def _forward(self, x):
-        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = residual(x, self.token_mixer(self.norm1(x)), self.drop_path)
+        return residual(x, self.mlp(self.norm2(x)), self.drop_path)
 
     def forward(self, x):
         if self.with_cp and x.requires_grad:
@@ -387,10 +448,15 @@ class ASMLP(BaseModule):
         return self
 
     def forward(self, x):
+        # channels-last inside (see the module docstring); outputs in the input's format
+        keep_channels_last = is_channels_last(x) and not x.is_contiguous()
+        if x.device.type == 'cpu' or keep_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.drop_after_embed(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                out = getattr(self, f'norm{i}')(x)
+                outs.append(out if keep_channels_last else out.contiguous())
         return tuple(outs)

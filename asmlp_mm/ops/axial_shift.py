@@ -99,6 +99,37 @@ def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
     return out
 
 
+def _shift_functional(x: Tensor, dim: int, shift_size: int, dilation: int,
+                      padding: str) -> Tensor:
+    """The same shift without writes into a pre-made tensor (slices, pads and
+    concatenations only), for exporters that cannot follow such writes (ONNX). Sizes are
+    taken as plain integers: traced sizes would turn the group arithmetic into graph ops."""
+    length = int(x.shape[dim])
+    pieces = []
+    for c0, c1, shift in group_shifts(int(x.shape[1]), shift_size, dilation):
+        src = x[:, c0:c1]
+        lo, hi = _split_rows(length, shift)
+        parts = []
+        index = border_source_index(length, [p + shift for p in range(length)], padding)
+        if lo > 0:
+            parts.append(_border_rows(src, dim, index[:lo], padding))
+        if hi > lo:
+            parts.append(src.narrow(dim, lo + shift, hi - lo))
+        if hi < length:
+            parts.append(_border_rows(src, dim, index[hi:], padding))
+        pieces.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim))
+    return torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
+
+
+def _border_rows(src: Tensor, dim: int, index: List[int], padding: str) -> Tensor:
+    if padding == 'zero':
+        shape = list(src.shape)
+        shape[dim] = len(index)
+        return src.new_zeros(shape)
+    rows = torch.tensor(index, dtype=torch.long, device=src.device)
+    return src.index_select(dim, rows)
+
+
 def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
     """Transpose of :func:`_shift_forward`: the gradient w.r.t. its input."""
@@ -179,6 +210,8 @@ def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
     if dim not in (2, 3, -1, -2):
         raise ValueError(f'dim must be 2 (H) or 3 (W) of an NCHW tensor, got {dim}')
     dim = dim % 4
-    if torch.onnx.is_in_onnx_export() or not (x.requires_grad and torch.is_grad_enabled()):
+    if torch.onnx.is_in_onnx_export():
+        return _shift_functional(x, dim, shift_size, dilation, padding)
+    if not (x.requires_grad and torch.is_grad_enabled()):
         return _shift_forward(x, dim, shift_size, dilation, padding)
     return _AxialShiftFunction.apply(x, dim, shift_size, dilation, padding)

@@ -1,0 +1,533 @@
+"""Throughput (images/s) and peak memory of asmlp-mm models, and AS-MLP's speed comparisons.
+
+One config::
+
+    python tools/analysis/benchmark.py configs/asmlp/asmlp-tiny_8xb128_in1k.py
+    python tools/analysis/benchmark.py CONFIG --part backbone --batch 8 --shape 512 1024
+    python tools/analysis/benchmark.py CONFIG --amp --channels-last --compile --device cuda
+
+runs the model (``--part model``: the classifier, detector or segmentor's ``'tensor'``
+forward; ``--part backbone``: the backbone alone) on random inputs, inference and a training
+step (forward, backward, SGD step), warms up, then reports the median of ``--repeats`` timed
+runs.
+
+Side by side, in one process (``--compare``)::
+
+    python tools/analysis/benchmark.py --compare                        # batch 32, 224
+    python tools/analysis/benchmark.py --compare --batch 8 --repeats 3  # quicker
+
+1. ``shift``: the axial shift alone on AS-MLP-T's stage-1 and stage-3 shapes, forward and
+   forward+backward: ours (NCHW, and channels-last as the model runs it) vs ``x.clone()``
+   (the floor of any data movement) vs the published pad/chunk/roll/cat/narrow method;
+2. ``models``: AS-MLP-T classifier inference and training step: ours vs the same weights in
+   the published model (:class:`PublishedASMLP`) vs mmpretrain's Swin-T;
+3. ``variants``: the same under channels-last memory and bf16/fp16 autocast;
+4. ``compile`` (opt in, slow to compile): the same with ``torch.compile``.
+
+Timed runs of the candidates are interleaved (run 1 of every model, then run 2, ...) so
+that load from other processes hits them alike; ratios from one run are what to compare.
+Drop path is off in every model of ``--compare`` (the published model has none), so all
+three do the same computation.
+
+Peak memory is what a step allocates on top of what is already allocated: on CUDA from
+``torch.cuda.max_memory_allocated``; on CPU the peak of the running sum of the tensor
+allocations and frees that ``torch.profiler`` records (``profile_memory=True``), which
+counts every tensor PyTorch allocates (not the library-internal scratch of oneDNN).
+"""
+import argparse
+import contextlib
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+TINY_CONFIG = osp.join(ROOT, 'configs/asmlp/asmlp-tiny_8xb128_in1k.py')
+# (channels, size) of AS-MLP-T's stage 1 and stage 3 at 224x224
+SHIFT_SHAPES = {'stage1': (96, 56), 'stage3': (384, 14)}
+SECTIONS = ('shift', 'models', 'variants', 'compile')
+
+
+# ---------------------------------------------------------------- timing and memory
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, repeats: int,
+                     device: torch.device) -> Dict[str, List[float]]:
+    """Seconds per call of every function: ``warmup`` untimed rounds, then ``repeats``
+    timed rounds, each round calling every function once in turn."""
+    if repeats < 1:
+        raise ValueError(f'repeats must be >= 1, got {repeats}')
+    times = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes ``fn()`` allocates at its peak above what was allocated before it."""
+    if device.type == 'cuda':
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CPU, fp16 on CUDA; a no-op context without ``amp``."""
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == 'cpu' else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def loss_of(out, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for (N, classes) logits, else the sum of the means of all outputs."""
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == labels.shape[0]:
+        return F.cross_entropy(out.float(), labels)
+    if isinstance(out, torch.Tensor):
+        return out.float().mean()
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return sum(loss_of(o, labels) for o in out)
+    raise TypeError(f'cannot make a loss of a model output of type {type(out).__name__}')
+
+
+class Runner:
+    """Inference and training-step closures of one model on one input batch.
+
+    Args:
+        model (nn.Module): Maps an image batch to logits, features or any nest of tensors.
+        inputs (Tensor): The input batch.
+        amp (bool): Run under autocast (bf16 on CPU, fp16 with a grad scaler on CUDA).
+        num_classes (int): Range of the random labels of the training loss.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, amp: bool = False,
+                 num_classes: int = 1000):
+        self.model = model
+        self.inputs = inputs
+        self.amp = amp
+        self.device = inputs.device
+        generator = torch.Generator().manual_seed(0)
+        self.labels = torch.randint(0, num_classes, (inputs.shape[0], ),
+                                    generator=generator).to(self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9) if params else None
+        use_scaler = amp and self.device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
+
+    def infer(self):
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.amp):
+            return self.model(self.inputs)
+
+    def train_step(self):
+        self.model.train()
+        if self.optimizer is None:
+            raise ValueError('the model has no trainable parameters')
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            loss = loss_of(self.model(self.inputs), self.labels)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss
+
+
+def prepare(model: nn.Module, device: torch.device, channels_last: bool = False,
+            compile_: bool = False) -> nn.Module:
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+    return model
+
+
+def make_inputs(batch: int, shape: Sequence[int], device: torch.device,
+                channels_last: bool = False, seed: int = 0) -> torch.Tensor:
+    if batch < 1:
+        raise ValueError(f'--batch must be >= 1, got {batch}')
+    if len(shape) not in (1, 2) or min(shape) < 1:
+        raise ValueError(f'--shape takes H W or one size, all positive, got {list(shape)}')
+    height, width = shape[0], shape[-1]
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, height, width, generator=generator).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# ---------------------------------------------------------------- models
+
+class TensorForward(nn.Module):
+    """``model(inputs, data_samples, mode='tensor')`` of an OpenMMLab model, as one call.
+
+    Args:
+        model (nn.Module): A classifier, detector or segmentor (``BaseModel``).
+        data_samples (list, optional): Data samples (image metas) the forward needs.
+    """
+
+    def __init__(self, model: nn.Module, data_samples: Optional[list] = None):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs):
+        return self.model(inputs, self.data_samples, mode='tensor')
+
+
+def data_samples_for(scope: str, batch: int, height: int, width: int) -> Optional[list]:
+    """Image metas for detectors and segmentors (classifiers need none)."""
+    if scope not in ('mmdet', 'mmseg'):
+        return None
+    meta = dict(img_shape=(height, width), ori_shape=(height, width),
+                pad_shape=(height, width), scale_factor=(1., 1.), batch_input_shape=(
+                    height, width))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample as Sample
+    else:
+        from mmseg.structures import SegDataSample as Sample
+    return [Sample(metainfo=meta) for _ in range(batch)]
+
+
+def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
+                      cfg_options: Optional[dict] = None) -> nn.Module:
+    """The backbone, or the whole model behind a plain ``forward(images)``."""
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+
+    from asmlp_mm.analysis import build_model_from_config
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config {config!r} does not exist')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    model = revert_sync_batchnorm(build_model_from_config(cfg))
+    if part == 'backbone':
+        if not hasattr(model, 'backbone'):
+            raise ValueError(f'the model of {config} has no backbone')
+        return model.backbone
+    if getattr(model, 'auxiliary_head', None) is not None:
+        model.auxiliary_head = None  # only trains; not part of a forward
+    samples = data_samples_for(cfg.get('default_scope', 'mmpretrain'), batch, shape[0],
+                               shape[-1])
+    return TensorForward(model, samples)
+
+
+def build_ours(drop_path_rate: float = 0.) -> nn.Module:
+    """AS-MLP-T classifier of ``configs/asmlp``, returning logits."""
+    from mmengine.config import Config
+
+    from asmlp_mm.analysis import build_model_from_config
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.model.backbone.drop_path_rate = drop_path_rate
+    cfg.model.pop('train_cfg', None)  # mixup/cutmix act in the data preprocessor only
+    return TensorForward(build_model_from_config(cfg))
+
+
+def build_published_like(ours: TensorForward) -> nn.Module:
+    """The published AS-MLP-T classifier holding the weights of ``ours``."""
+    from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours
+    published = PublishedASMLP(96, (2, 2, 6, 2), num_classes=1000)
+    source = ours.model.state_dict()
+    state = {}
+    for key in published.state_dict():
+        mapped = published_key_to_ours(key)
+        state[key] = source['backbone.' + mapped] if mapped else source['head.fc.' + key[5:]]
+    published.load_state_dict(state)
+    return published
+
+
+def build_swin(drop_path_rate: float = 0.) -> nn.Module:
+    """mmpretrain's Swin-T classifier, returning logits."""
+    import mmpretrain.models  # noqa: F401  (registers the models)
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    cfg = dict(type='ImageClassifier',
+               backbone=dict(type='SwinTransformer', arch='tiny', img_size=224,
+                             drop_path_rate=drop_path_rate),
+               neck=dict(type='GlobalAveragePooling'),
+               head=dict(type='LinearClsHead', num_classes=1000, in_channels=768))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return TensorForward(MODELS.build(cfg))
+
+
+def compare_models() -> Dict[str, nn.Module]:
+    ours = build_ours()
+    return {'AS-MLP-T (ours)': ours, 'AS-MLP-T (published way)': build_published_like(ours),
+            'Swin-T (mmpretrain)': build_swin()}
+
+
+# ---------------------------------------------------------------- reporting
+
+def median_ms(seconds: List[float]) -> float:
+    return statistics.median(seconds) * 1e3
+
+
+def print_table(title: str, header: Sequence[str], rows: List[Sequence]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = '  '.join('-' * w for w in widths)
+    print(f'\n{title}\n{line}')
+    for i, row in enumerate(cells):
+        print('  '.join(c.ljust(w) if j == 0 else c.rjust(w)
+                        for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print(line)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or 'unknown'
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    info = dict(torch=torch.__version__, cpu=cpu, nproc=os.cpu_count(),
+                threads=torch.get_num_threads(), device=str(device))
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------- --compare sections
+
+def compare_shift(batch: int, repeats: int, device: torch.device) -> List[dict]:
+    """The shift op alone: ours vs clone vs pad/roll/cat/narrow, per stage and axis."""
+    from asmlp_mm.models.published import roll_shift
+    from asmlp_mm.ops import axial_shift
+    results = []
+    rows = []
+    for stage, (channels, size) in SHIFT_SHAPES.items():
+        x = torch.randn(batch, channels, size, size, device=device)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        for dim, axis in ((3, 'W'), (2, 'H')):
+            ops = {
+                'clone': (x, lambda t: t.clone()),
+                'ours': (x, lambda t: axial_shift(t, dim, 5)),
+                'ours-CL': (x_cl, lambda t: axial_shift(t, dim, 5)),
+                'roll': (x, lambda t: roll_shift(t, dim, 5)),
+            }
+            for mode in ('fwd', 'fwd+bwd'):
+                fns = {name: _shift_call(op, t, mode) for name, (t, op) in ops.items()}
+                times = time_interleaved(fns, 2, repeats, device)
+                ms = {name: median_ms(t) for name, t in times.items()}
+                results.append(dict(stage=stage, axis=axis, mode=mode, ms=ms))
+                rows.append([f'{stage} {axis} {mode}', f'{ms["clone"]:.2f}',
+                             f'{ms["ours"]:.2f}', f'{ms["ours-CL"]:.2f}',
+                             f'{ms["roll"]:.2f}', f'{ms["ours"] / ms["clone"]:.2f}x',
+                             f'{ms["roll"] / ms["ours"]:.2f}x'])
+    print_table(f'Axial shift alone, batch {batch}, fp32 (median ms; stage 1: 96x56x56, '
+                f'stage 3: 384x14x14)',
+                ['case', 'clone', 'ours', 'ours-CL', 'pad/roll/cat', 'ours/clone',
+                 'roll/ours'], rows)
+    return results
+
+
+def _shift_call(op, x, mode):
+    if mode == 'fwd':
+        return lambda: op(x)
+    leaf = x.detach().requires_grad_()
+    grad = torch.randn_like(x)
+
+    def fwd_bwd():
+        op(leaf).backward(grad)
+        leaf.grad = None
+    return fwd_bwd
+
+
+def compare_model_set(models: Dict[str, nn.Module], batch: int, repeats: int,
+                      device: torch.device, title: str, channels_last=False, amp=False,
+                      compile_=False) -> List[dict]:
+    """Inference and training-step throughput and training peak memory, side by side."""
+    x = make_inputs(batch, (224, ), device, channels_last)
+    runners = {name: Runner(prepare(m, device, channels_last, compile_), x, amp)
+               for name, m in models.items()}
+    infer = time_interleaved({n: r.infer for n, r in runners.items()}, 1, repeats, device)
+    train = time_interleaved({n: r.train_step for n, r in runners.items()}, 1, repeats,
+                             device)
+    memory = {n: peak_memory(r.train_step, device) for n, r in runners.items()}
+    names = list(models)
+    ours, published, swin = names[0], names[1], names[2]
+    results, rows = [], []
+    for name in names:
+        inf = batch / statistics.median(infer[name])
+        trn = batch / statistics.median(train[name])
+        results.append(dict(model=name, infer_img_s=inf, train_img_s=trn,
+                            train_peak_mb=memory[name] / 2**20))
+    by_name = {r['model']: r for r in results}
+    for r in results:
+        rows.append([r['model'], f'{r["infer_img_s"]:.1f}', f'{r["train_img_s"]:.1f}',
+                     f'{r["train_peak_mb"]:.0f}'])
+    for other in (published, swin):
+        a, b = by_name[ours], by_name[other]
+        rows.append([f'ratio ours / {other}', f'{a["infer_img_s"] / b["infer_img_s"]:.2f}x',
+                     f'{a["train_img_s"] / b["train_img_s"]:.2f}x',
+                     f'{a["train_peak_mb"] / b["train_peak_mb"]:.2f}x'])
+    print_table(title, ['model', 'infer img/s', 'train img/s', 'train peak MB'], rows)
+    return results
+
+
+def check_same_outputs(models: Dict[str, nn.Module], device: torch.device) -> float:
+    """Largest difference between our logits and the published model's (same weights)."""
+    names = list(models)
+    x = make_inputs(2, (224, ), device, seed=1)
+    with torch.no_grad():
+        a = models[names[0]].to(device).eval()(x)
+        b = models[names[1]].to(device).eval()(x)
+    diff = (a - b).abs().max().item()
+    print(f'max |ours - published| on the same weights: {diff:.2e} '
+          f'(logits up to {b.abs().max().item():.2f})')
+    return diff
+
+
+def run_compare(args) -> dict:
+    device = torch.device(args.device)
+    report = dict(machine=machine_info(device), batch=args.batch, repeats=args.repeats)
+    print(json.dumps(report['machine']))
+    if 'shift' in args.sections:
+        report['shift'] = compare_shift(args.batch, args.repeats, device)
+    if not set(args.sections) & {'models', 'variants', 'compile'}:
+        return report
+    torch.manual_seed(0)
+    models = compare_models()
+    report['max_abs_diff'] = check_same_outputs(models, device)
+    amp_name = 'bf16' if device.type == 'cpu' else 'fp16'
+    settings = []
+    if 'models' in args.sections:
+        settings.append(('models', 'fp32', dict()))
+    if 'variants' in args.sections:
+        settings += [('variants', 'fp32 channels-last', dict(channels_last=True)),
+                     ('variants', f'{amp_name} autocast', dict(amp=True)),
+                     ('variants', f'{amp_name} autocast channels-last',
+                      dict(amp=True, channels_last=True))]
+    if 'compile' in args.sections:
+        settings.append(('compile', 'fp32 torch.compile', dict(compile_=True)))
+    for section, label, kwargs in settings:
+        title = f'AS-MLP-T vs published way vs Swin-T, {label}, batch {args.batch}, 224x224'
+        report.setdefault(section, {})[label] = compare_model_set(
+            models, args.batch, args.repeats, device, title, **kwargs)
+        for m in models.values():
+            m.to(memory_format=torch.contiguous_format)
+    return report
+
+
+# ---------------------------------------------------------------- one config
+
+def run_config(args) -> dict:
+    device = torch.device(args.device)
+    shape = args.shape
+    model = build_from_config(args.config, args.part, args.batch, shape, args.cfg_options)
+    model = prepare(model, device, args.channels_last, args.compile)
+    x = make_inputs(args.batch, shape, device, args.channels_last)
+    runner = Runner(model, x, args.amp)
+    result = dict(machine=machine_info(device), config=args.config, part=args.part,
+                  batch=args.batch, shape=[shape[0], shape[-1]], amp=args.amp,
+                  channels_last=args.channels_last, compile=args.compile)
+    modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
+    rows = []
+    for mode in modes:
+        fn = runner.infer if mode == 'infer' else runner.train_step
+        times = time_interleaved({mode: fn}, args.warmup, args.repeats, device)[mode]
+        peak = peak_memory(fn, device)
+        result[mode] = dict(img_s=args.batch / statistics.median(times),
+                            median_ms=median_ms(times), peak_mb=peak / 2**20,
+                            runs_ms=[t * 1e3 for t in times])
+        rows.append([mode, f'{result[mode]["img_s"]:.1f}', f'{result[mode]["median_ms"]:.1f}',
+                     f'{result[mode]["peak_mb"]:.0f}'])
+    print(json.dumps(result['machine']))
+    print_table(f'{args.config} ({args.part}), batch {args.batch}, {shape[0]}x{shape[-1]}, '
+                f'amp={args.amp}, channels_last={args.channels_last}, '
+                f'compile={args.compile}', ['mode', 'img/s', 'median ms', 'peak MB'], rows)
+    return result
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', nargs='?', help='config file (not needed with --compare)')
+    parser.add_argument('--compare', action='store_true',
+                        help='AS-MLP-T vs the published way vs Swin-T, side by side')
+    parser.add_argument('--sections', nargs='+', choices=SECTIONS,
+                        default=['shift', 'models', 'variants'],
+                        help='parts of --compare to run (compile is opt in)')
+    parser.add_argument('--part', choices=['model', 'backbone'], default='model')
+    parser.add_argument('--mode', choices=['infer', 'train', 'both'], default='both')
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--shape', type=int, nargs='+', default=[224], metavar=('H', 'W'),
+                        help='input size: H W, or one value for a square')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast: bf16 on CPU, fp16 (with a grad scaler) on CUDA')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--threads', type=int, help='torch.set_num_threads')
+    parser.add_argument('--out', help='also write the results to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries')
+    args = parser.parse_args(argv)
+    if not args.compare and not args.config:
+        parser.error('give a config, or --compare')
+    if len(args.shape) not in (1, 2):
+        parser.error(f'--shape takes H W or one size, got {args.shape}')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available here')
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_compare(args) if args.compare else run_config(args)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == '__main__':
+    main()
