@@ -43,7 +43,7 @@ def test_pretrained_from_classifier_checkpoint(tmp_path):
 def test_pretrained_of_another_arch_names_the_mismatch(tmp_path):
     save_classifier(tmp_path / 'wide.pth', dict(embed_dims=16, depths=[1, 1, 1, 1]))
     model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'wide.pth'))
-    with pytest.raises(ValueError, match=r'does not fit ASMLP\(embed_dims=8.*shape of'):
+    with pytest.raises(ValueError, match=r'(?s)does not fit ASMLP\(embed_dims=8.*shape of'):
         model.init_weights()
     save_classifier(tmp_path / 'deep.pth', dict(embed_dims=8, depths=[1, 1, 3, 1]))
     model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'deep.pth'))
@@ -73,7 +73,7 @@ def test_test_tool_rejects_bad_checkpoints(tmp_path):
     (tmp_path / 'junk.pth').write_text('hello')
     result = run_test_tool(CLS_DEMO, tmp_path / 'junk.pth', tmp_path, *opts)
     assert result.returncode != 0 and 'cannot load' in result.stderr
-    save_classifier(tmp_path / 'wide.pth', dict(embed_dims=16, depths=[1, 1, 1, 1]))
+    save_classifier(tmp_path / 'wide.pth', dict(embed_dims=24, depths=[1, 1, 1, 1]))
     result = run_test_tool(CLS_DEMO, tmp_path / 'wide.pth', tmp_path, *opts)
     assert result.returncode != 0
     assert 'does not fit the model of this config' in result.stderr

@@ -42,7 +42,7 @@ class AtomicLocalBackend(LocalBackend):
 
 def use_atomic_local_writes() -> None:
     """Make mmengine's default local backend the atomic one (checkpoints, dumps)."""
-    register_backend('local', AtomicLocalBackend, force=True)
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
 
 
 def _checkpoint_order(path: str):
