@@ -1,0 +1,195 @@
+"""The model zoo metafiles, tools/analysis/get_flops.py and receptive_field.py."""
+import glob
+import importlib.util
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from asmlp_mm import paper
+from asmlp_mm.analysis import build_model_from_config, count_flops, count_params
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ANALYSIS = osp.join(ROOT, 'tools', 'analysis')
+CLS_TINY = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
+DEMO_DET = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
+DEMO_SEG = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
+ZOO_FOLDERS = ('asmlp', 'mask_rcnn', 'cascade_mask_rcnn', 'upernet')
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(ANALYSIS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+get_flops = load_tool('get_flops')
+erf_tool = load_tool('receptive_field')
+zoo_table = load_tool('model_zoo_table')
+
+
+# ----------------------------------------------------------------------- metafiles
+def test_every_metafile_entry_points_to_an_existing_config():
+    models = paper.load_models()
+    assert len(models) == 17  # 4 classifiers, 4 Mask R-CNN, 6 Cascade, 3 UperNet
+    collections = set()
+    for path in paper.metafile_paths():
+        collections |= {c['Name'] for c in yaml.safe_load(open(path))['Collections']}
+    for model in models:
+        assert osp.isfile(model.config_path()), model.config
+        assert model.name == osp.splitext(osp.basename(model.config))[0]
+        assert model.collection in collections
+        assert model.params and model.flops and model.flops_shape
+        for result in model.results:
+            assert set(result) == {'Task', 'Dataset', 'Metrics'} and result['Metrics']
+
+
+def test_every_zoo_config_has_a_metafile_entry():
+    listed = {m.config for m in paper.load_models()}
+    for folder in ZOO_FOLDERS:
+        for path in glob.glob(osp.join(ROOT, 'configs', folder, '*.py')):
+            assert osp.relpath(path, ROOT) in listed, path
+
+
+def test_find_model_and_zoo_table():
+    tiny = paper.find_model(CLS_TINY)
+    assert tiny.metrics() == {'Top 1 Accuracy': 81.3}
+    assert paper.find_model('configs/demo/asmlp-demo_1xb8_shapes-cls.py') is None
+    table = zoo_table.zoo_markdown()
+    rows = [line for line in table.splitlines() if line.startswith('| [')]
+    assert len(rows) == len(paper.load_models())
+    assert '| 44.0 | 40.0 | 48M | 260G | 800x1280 |' in table
+
+
+def test_bad_metafile_is_reported(tmp_path):
+    (tmp_path / 'model-index.yml').write_text('Import:\n  - m.yml\n')
+    (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n')
+    with pytest.raises(ValueError, match="'In Collection'"):
+        paper.load_models(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='model-index.yml'):
+        paper.load_models(str(tmp_path / 'nowhere'))
+
+
+# ----------------------------------------------------------------------- FLOPs
+def test_paper_mode_reproduces_asmlp_t(capsys):
+    rows = get_flops.paper_table(['asmlp-tiny_8xb128_in1k'])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row['params'] / 1e6 == pytest.approx(28, abs=0.5)
+    assert row['flops'] / 1e9 == pytest.approx(4.4, abs=0.05)
+    out = capsys.readouterr().out
+    assert 'asmlp-tiny_8xb128_in1k' in out and 'multiply-accumulates' in out
+
+
+def test_detection_counts_backbone_neck_and_heads():
+    cfg = get_flops.load_config(DEMO_DET)  # a narrow override of our Cascade config
+    model = build_model_from_config(cfg)
+    backbone = count_flops(model.backbone, [torch.zeros(1, 3, 64, 96)])
+    backbone_and_neck = count_flops(nn.Sequential(model.backbone, model.neck),
+                                    [torch.zeros(1, 3, 64, 96)])
+    assert backbone_and_neck > backbone
+    # mmdet 3.x's way: padded to a multiple of 32, heads on the RPN's proposals
+    real = get_flops.measure(cfg, (50, 70), rois='rpn')
+    assert real['input_shape'] == (64, 96)
+    assert real['params'] == count_params(model)
+    assert real['flops'] > 2 * backbone_and_neck  # 3 box + 3 mask heads on 100 RoIs
+    # the paper's way: 1000 RoIs per box head, 100 per mask head
+    paper_way = get_flops.measure(cfg, (64, 96))
+    assert paper_way['flops'] == sum(paper_way['parts'].values())
+    assert paper_way['parts']['backbone'] == backbone
+    assert paper_way['params'] == real['params']
+
+
+def test_segmentation_leaves_out_the_auxiliary_head():
+    cfg = get_flops.load_config(DEMO_SEG)  # a narrow override of our UperNet config
+    result = get_flops.measure(cfg, (64, 64))
+    model = build_model_from_config(cfg)
+    assert result['params'] == count_params(model) - count_params(model.auxiliary_head)
+    backbone = count_flops(model.backbone, [torch.zeros(1, 3, 64, 64)])
+    assert result['flops'] > backbone
+
+
+def test_command_line_single_config_and_errors(tmp_path, capsys):
+    get_flops.main([CLS_TINY, '--shape', '64', '--cfg-options', 'model.head.num_classes=10'])
+    out = capsys.readouterr().out
+    assert 'Input shape: 64 x 64' in out and 'multiply-accumulates' in out
+    params = float(out.split('Params: ')[1].split()[0])
+    # the paper's 28M less the 990 classes taken off the 768-wide head
+    assert params == pytest.approx(28 - 990 * 769 / 1e6, abs=0.5)
+    flops = float(out.split('FLOPs: ')[1].split()[0])
+    # the 224x224 paper figure scales with the number of pixels (backbone) at 64x64
+    assert flops == pytest.approx(4.4 * (64 / 224)**2, rel=0.05)
+    with pytest.raises(SystemExit, match='does not exist'):
+        get_flops.main([str(tmp_path / 'missing.py')])
+
+
+# ----------------------------------------------------------------------- receptive field
+class OneConv(nn.Module):
+    """A 'backbone' whose only stage is one 3x3 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        nn.init.constant_(self.conv.weight, 1.)
+
+    def forward(self, x):
+        return (self.conv(x), )
+
+
+def test_erf_of_a_single_conv_is_its_kernel_window():
+    erf, = erf_tool.effective_receptive_field(OneConv(), (9, 11), num_inputs=2)
+    expected = np.zeros((9, 11))
+    expected[3:6, 4:7] = 3 * 2  # |d sum_c out_c / d in_k| = 2 output channels, 3 inputs
+    np.testing.assert_allclose(erf, expected)
+    assert erf_tool.centred_square_fraction(erf, 0.5) == pytest.approx(3 / 11)
+    assert erf_tool.centred_square_fraction(np.ones((5, 5)), 1.0) == 1.0
+
+
+def test_receptive_field_tool_writes_a_png(tmp_path, capsys):
+    config = tmp_path / 'asmlp_tiny.py'
+    config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("
+                      f"_delete_=True, embed_dims=8, depths=[1, 1, 1, 1])), "
+                      f"head=dict(in_channels=64))\n")
+    out = tmp_path / 'erf' / 'grid.png'
+    erf_tool.main(['--asmlp', str(config), '--compare',
+                   'mmpretrain::resnet/resnet18_8xb32_in1k.py', '--shape', '48', '48',
+                   '--num-inputs', '2', '--out', str(out)])
+    assert out.is_file() and out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'per stage' in line]
+    assert len(lines) == 2  # AS-MLP and ResNet-18
+    for line in lines:  # four stages each, every fraction in (0, 1], growing with depth
+        fractions = [float(v) for v in line.split(':')[-1].split(',')]
+        assert len(fractions) == 4 and all(0 < f <= 1 for f in fractions)
+        assert fractions[0] < fractions[3]
+    import matplotlib.image
+    assert matplotlib.image.imread(str(out)).shape[:2] == (2 * 280, 4 * 260)
+
+
+def test_receptive_field_bad_model_name():
+    with pytest.raises(ValueError, match='neither a config file'):
+        erf_tool.load_backbone('no-such-model_in1k')
+
+
+def test_cam_through_mmpretrain_vis_cam(tmp_path):
+    pytest.importorskip('pytorch_grad_cam')  # optional: pip install "grad-cam<1.5"
+    import cv2
+    config = tmp_path / 'asmlp_tiny.py'
+    config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("
+                      f"_delete_=True, embed_dims=8, depths=[1, 1, 1, 1])), "
+                      f"head=dict(in_channels=64, num_classes=3))\n")
+    model = build_model_from_config(str(config))
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict()}, str(tmp_path / 'tiny.pth'))
+    image = np.random.RandomState(0).randint(0, 255, (96, 128, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'img.png'), image)
+    out = tmp_path / 'cam.png'
+    cam_tool = load_tool('vis_cam')
+    cam_tool.main([str(tmp_path / 'img.png'), str(config), str(tmp_path / 'tiny.pth'),
+                   '--method', 'gradcam', '--target-category', '1',
+                   '--save-path', str(out)])
+    cam = cv2.imread(str(out))
+    assert cam.shape == (224, 224, 3)  # the config's test pipeline: resize 256, crop 224

@@ -1,0 +1,241 @@
+"""Parameters and FLOPs of our configs, and a comparison with the paper's figures.
+
+FLOPs are multiply-accumulates (1 MAC = 1 FLOP), as the AS-MLP paper (and most vision
+papers) count them, measured by mmengine's ``FlopAnalyzer`` (``asmlp_mm.analysis``).
+
+* Classification and segmentation run the way the toolboxes' own ``get_flops`` run them:
+  one random image of the given shape is packed, passed through the model's data
+  preprocessor and the model's ``'tensor'`` forward (backbone + head; backbone + decode
+  head: the auxiliary head only trains and is left out of FLOPs and parameters, as in
+  mmseg's get_flops).
+* Detection (``--rois``): ``paper`` (default) counts the convention of the paper's figures
+  (mmdet 2.x ``forward_dummy``, through :func:`asmlp_mm.analysis_det.detector_flops`):
+  backbone, FPN and RPN on the image, every box head on 1000 RoIs and every mask head on
+  100. ``rpn`` runs mmdet 3.x's get_flops way instead: the packed image through the data
+  preprocessor (padded to a multiple of 32) and the ``'tensor'`` forward, whose RoI heads
+  see however many proposals the RPN keeps (every head, masks included, on all of them).
+
+Examples::
+
+    python tools/analysis/get_flops.py configs/asmlp/asmlp-tiny_8xb128_in1k.py
+    python tools/analysis/get_flops.py CONFIG --shape 800 1280
+    python tools/analysis/get_flops.py --paper                  # every config in the zoo
+    python tools/analysis/get_flops.py --paper --filter asmlp-tiny
+"""
+import argparse
+import os.path as osp
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.model import revert_sync_batchnorm  # noqa: E402
+
+from asmlp_mm import paper  # noqa: E402
+from asmlp_mm.analysis import build_model_from_config, count_flops, count_params  # noqa
+
+# input (H, W) when neither --shape nor the zoo gives one
+DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
+ROI_MODES = ('paper', 'rpn')
+PAPER_BOX_ROIS, PAPER_MASK_ROIS = 1000, 100
+MAC_NOTE = 'FLOPs are multiply-accumulates (1 MAC = 1 FLOP), as counted in the paper'
+
+
+class TensorForward(nn.Module):
+    """Runs ``model(inputs, data_samples, mode='tensor')``, with the samples bound.
+
+    Args:
+        model (nn.Module): An OpenMMLab ``BaseModel`` (classifier, detector, segmentor).
+        data_samples (list, optional): Data samples from the model's data preprocessor.
+    """
+
+    def __init__(self, model: nn.Module, data_samples: Optional[list]):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs):
+        return self.model(inputs, self.data_samples, mode='tensor')
+
+
+def make_data_sample(scope: str, height: int, width: int):
+    """An empty data sample of the toolbox ``scope`` for one (height, width) image."""
+    meta = dict(img_shape=(height, width), ori_shape=(height, width),
+                pad_shape=(height, width), scale_factor=(1., 1.))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        return DetDataSample(metainfo=meta)
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+        return SegDataSample(metainfo=meta)
+    from mmpretrain.structures import DataSample
+    return DataSample(metainfo=meta)
+
+
+def load_config(config: str, cfg_options: Optional[dict] = None) -> Config:
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config {config!r} does not exist')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def build_for_analysis(cfg: Config) -> nn.Module:
+    """The config's model in eval mode: SyncBN reverted, no auxiliary head."""
+    model = revert_sync_batchnorm(build_model_from_config(cfg))
+    if getattr(model, 'auxiliary_head', None) is not None:
+        model.auxiliary_head = None
+    return model.eval()
+
+
+def measure(cfg: Config, shape: Sequence[int], rois: str = 'paper', seed: int = 0) -> dict:
+    """Params and MACs of ``cfg.model`` on one random image of ``shape`` (H, W).
+
+    Args:
+        cfg (Config): A classification, detection or segmentation config.
+        shape (Sequence[int]): Input (H, W).
+        rois (str): Detectors only: 'paper' (1000 box RoIs, 100 mask RoIs per head) or
+            'rpn' (the tensor forward on the RPN's proposals).
+        seed (int): Seed of the random image.
+
+    Returns:
+        dict: ``params``, ``flops``, ``input_shape`` (what the model saw after the data
+        preprocessor) and, for ``rois='paper'``, ``parts`` (MACs per part).
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if height < 1 or width < 1:
+        raise ValueError(f'--shape must be positive, got {list(shape)}')
+    if rois not in ROI_MODES:
+        raise ValueError(f'rois must be one of {ROI_MODES}, got {rois!r}')
+    scope = cfg.get('default_scope', 'mmpretrain')
+    model = build_for_analysis(cfg)
+    if scope == 'mmdet' and rois == 'paper':
+        from asmlp_mm.analysis_det import detector_flops
+        parts = detector_flops(model, (height, width), PAPER_BOX_ROIS, PAPER_MASK_ROIS)
+        return dict(params=count_params(model), flops=parts.pop('total'),
+                    input_shape=(height, width), parts=parts)
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, height, width), generator=generator,
+                          dtype=torch.uint8)
+    batch = dict(inputs=[image], data_samples=[make_data_sample(scope, height, width)])
+    with torch.no_grad():
+        data = model.data_preprocessor(batch, False)
+    inputs = data['inputs']
+    flops = count_flops(TensorForward(model, data['data_samples']), [inputs])
+    return dict(params=count_params(model), flops=flops,
+                input_shape=tuple(inputs.shape[-2:]))
+
+
+def shape_for(config: str, cfg: Config, shape: Optional[Sequence[int]]) -> Tuple[int, int]:
+    """``--shape`` if given, else the zoo's FLOPs shape of the config, else a default."""
+    if shape:
+        return (shape[0], shape[-1])
+    entry = paper.find_model(config)
+    if entry is not None and entry.flops_shape:
+        return entry.flops_shape
+    return DEFAULT_SHAPES.get(cfg.get('default_scope'), (224, 224))
+
+
+def report_one(config: str, shape, cfg_options, rois: str = 'paper') -> dict:
+    cfg = load_config(config, cfg_options)
+    size = shape_for(config, cfg, shape)
+    result = measure(cfg, size, rois)
+    line = '=' * 60
+    print(f'{line}\nConfig: {config}\nInput shape: {size[0]} x {size[1]} (H x W)')
+    if tuple(result['input_shape']) != tuple(size):
+        print(f'Padded by the data preprocessor to: {result["input_shape"]}')
+    if 'parts' in result:
+        print(f'RoIs: {PAPER_BOX_ROIS} per box head, {PAPER_MASK_ROIS} per mask head '
+              f'(the paper\'s convention)')
+        print('\n'.join(f'  {name}: {value / 1e9:.2f} G'
+                        for name, value in result['parts'].items()))
+    print(f'Params: {result["params"] / 1e6:.2f} M\n'
+          f'FLOPs: {result["flops"] / 1e9:.2f} G\n{MAC_NOTE}.\n{line}')
+    return result
+
+
+def _diff(ours: float, theirs: Optional[float]) -> str:
+    if not theirs:
+        return '-'
+    return f'{ours - theirs:+.2f} ({(ours - theirs) / theirs:+.1%})'
+
+
+def paper_table(filters: List[str], cfg_options=None, rois: str = 'paper') -> List[dict]:
+    """Measure every zoo config matching ``filters`` (substrings) and print it next to
+    the paper's figures; return one row per model."""
+    rows = []
+    header = (f'{"model":<48} {"shape":>10} {"params(M)":>9} {"paper":>6} {"diff":>15} '
+              f'{"FLOPs(G)":>9} {"paper":>7} {"diff":>16}')
+    print(header + '\n' + '-' * len(header))
+    for entry in paper.load_models():
+        if filters and not any(f in entry.name or f in entry.config for f in filters):
+            continue
+        if not osp.isfile(entry.config_path()):
+            print(f'{entry.name:<48} config {entry.config} does not exist')
+            rows.append(dict(name=entry.name, missing=True))
+            continue
+        cfg = load_config(entry.config_path(), cfg_options)
+        size = entry.flops_shape or DEFAULT_SHAPES.get(cfg.get('default_scope'), (224, 224))
+        result = measure(cfg, size, rois)
+        params, flops = result['params'] / 1e6, result['flops'] / 1e9
+        paper_params = entry.params / 1e6 if entry.params else None
+        paper_flops = entry.flops / 1e9 if entry.flops else None
+        print(f'{entry.name:<48} {f"{size[0]}x{size[1]}":>10} {params:>9.2f} '
+              f'{paper_params or "-":>6} {_diff(params, paper_params):>15} {flops:>9.2f} '
+              f'{paper_flops or "-":>7} {_diff(flops, paper_flops):>16}')
+        rows.append(dict(name=entry.name, params=result['params'], flops=result['flops'],
+                         paper_params=entry.params, paper_flops=entry.flops,
+                         shape=tuple(size)))
+    print(f'{MAC_NOTE}; shapes are H x W.')
+    return rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Params and FLOPs (multiply-accumulates) of asmlp-mm configs')
+    parser.add_argument('config', nargs='?', help='config file (not needed with --paper)')
+    parser.add_argument('--shape', type=int, nargs='+', metavar=('H', 'W'),
+                        help='input size: H W, or one value for a square; default: the '
+                        "paper's FLOPs input size for zoo configs, else 224 (cls), "
+                        '800x1280 (det), 512x2048 (seg)')
+    parser.add_argument('--paper', action='store_true',
+                        help="compare every zoo config with the paper's params and FLOPs")
+    parser.add_argument('--filter', nargs='+', default=[],
+                        help='with --paper: only models whose name or config contains '
+                        'one of these strings')
+    parser.add_argument('--rois', choices=ROI_MODES, default='paper',
+                        help='detectors: RoIs of the box/mask heads: "paper" = 1000/100 as '
+                        'the paper counts, "rpn" = the proposals of a real forward pass')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries')
+    args = parser.parse_args(argv)
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        parser.error(f'--shape takes H W or one size, got {args.shape}')
+    if not args.paper and not args.config:
+        parser.error('give a config, or --paper')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.paper:
+            filters = list(args.filter)
+            if args.config:
+                filters.append(osp.splitext(osp.basename(args.config))[0])
+            paper_table(filters, args.cfg_options, args.rois)
+        else:
+            report_one(args.config, args.shape, args.cfg_options, args.rois)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f'error: {err}')
+
+
+if __name__ == '__main__':
+    main()
