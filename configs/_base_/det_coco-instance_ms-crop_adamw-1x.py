@@ -1,0 +1,39 @@
+# The AS-MLP COCO recipe shared by the Cascade Mask R-CNN and Mask R-CNN configs, everything
+# but the model: COCO 2017 instances from data/coco/ (OpenMMLab layout), batch 16 (8 GPUs x 2
+# images), multi-scale training (short side 480..800 in steps of 32, long side <= 1333) with
+# the DETR-style crop branch, test at 1333x800, AdamW (lr 1e-4, weight decay 0.05, none on
+# norm layers), 1x schedule: 12 epochs, lr x0.1 after epochs 8 and 11, 500 warm-up iterations.
+_base_ = [
+    'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['asmlp_mm'], allow_failed_imports=False)
+
+ms_scales = [(short_side, 1333) for short_side in range(480, 801, 32)]
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(
+        type='RandomChoice',
+        transforms=[
+            [dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True)],
+            [
+                dict(type='RandomChoiceResize',
+                     scales=[(400, 1333), (500, 1333), (600, 1333)], keep_ratio=True),
+                dict(type='RandomCrop', crop_type='absolute_range', crop_size=(384, 600),
+                     allow_negative_crop=True),
+                dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True),
+            ],
+        ]),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    # GroupNorm of the backbone and (Sync)BN of the heads
+    paramwise_cfg=dict(norm_decay_mult=0.))
