@@ -169,27 +169,32 @@ def _diff(ours: float, theirs: Optional[float]) -> str:
 
 def paper_table(filters: List[str], cfg_options=None, rois: str = 'paper') -> List[dict]:
     """Measure every zoo config matching ``filters`` (substrings) and print it next to
-    the paper's figures; return one row per model."""
-    rows = []
-    header = (f'{"model":<48} {"shape":>10} {"params(M)":>9} {"paper":>6} {"diff":>15} '
-              f'{"FLOPs(G)":>9} {"paper":>7} {"diff":>16}')
+    the paper's figures; return one row per model. Configs that differ only in their
+    schedule (1x / 3x) build the same model and are measured once."""
+    entries = [e for e in paper.load_models()
+               if not filters or any(f in e.name or f in e.config for f in filters)]
+    width = max([len(e.name) for e in entries] + [5])
+    header = (f'{"model":<{width}} {"shape":>10} {"params(M)":>9} {"paper":>6} '
+              f'{"diff":>15} {"FLOPs(G)":>9} {"paper":>7} {"diff":>16}')
     print(header + '\n' + '-' * len(header))
-    for entry in paper.load_models():
-        if filters and not any(f in entry.name or f in entry.config for f in filters):
-            continue
+    rows, measured = [], {}
+    for entry in entries:
         if not osp.isfile(entry.config_path()):
-            print(f'{entry.name:<48} config {entry.config} does not exist')
+            print(f'{entry.name:<{width}} config {entry.config} does not exist')
             rows.append(dict(name=entry.name, missing=True))
             continue
         cfg = load_config(entry.config_path(), cfg_options)
         size = entry.flops_shape or DEFAULT_SHAPES.get(cfg.get('default_scope'), (224, 224))
-        result = measure(cfg, size, rois)
+        key = (repr(cfg.model.to_dict()), tuple(size), rois)
+        if key not in measured:
+            measured[key] = measure(cfg, size, rois)
+        result = measured[key]
         params, flops = result['params'] / 1e6, result['flops'] / 1e9
         paper_params = entry.params / 1e6 if entry.params else None
         paper_flops = entry.flops / 1e9 if entry.flops else None
-        print(f'{entry.name:<48} {f"{size[0]}x{size[1]}":>10} {params:>9.2f} '
+        print(f'{entry.name:<{width}} {f"{size[0]}x{size[1]}":>10} {params:>9.2f} '
               f'{paper_params or "-":>6} {_diff(params, paper_params):>15} {flops:>9.2f} '
-              f'{paper_flops or "-":>7} {_diff(flops, paper_flops):>16}')
+              f'{paper_flops or "-":>7} {_diff(flops, paper_flops):>16}', flush=True)
         rows.append(dict(name=entry.name, params=result['params'], flops=result['flops'],
                          paper_params=entry.params, paper_flops=entry.flops,
                          shape=tuple(size)))
