@@ -40,22 +40,28 @@ log "torch"
 # 2. build tools for mmcv. setuptools < 82 still ships pkg_resources (mmcv's setup.py and
 #    mmengine's `mmdet::` config bases import it); torch itself wants >= 77.
 "${PIP[@]}" install -q 'setuptools>=77,<82' ninja wheel 'numpy<2'
+# 3. the rest of the stack, mmcv's own runtime requirements included (mmcv itself is
+#    installed with --no-deps below, and its import check needs them).
+log "OpenMMLab stack"
+"${PIP[@]}" install -q -r requirements.txt
 
-# 3. mmcv 2.1.0 from its sdist. There are no mmcv 2.x wheels on PyPI. Its setup.py pins
+# 4. mmcv 2.1.0 from its sdist. There are no mmcv 2.x wheels on PyPI. Its setup.py pins
 #    -std=c++17 while torch 2.14's headers need C++20, so the sdist is patched before the
 #    build; --no-build-isolation lets the build see torch (otherwise it silently builds
 #    without ops). The wheel is kept in $CACHE so that a new venv reuses it.
 build_mmcv() {
     local src
     src=$(mktemp -d)
-    log "building mmcv $MMCV_VERSION with CPU ops (about 10 minutes)"
+    log "building mmcv $MMCV_VERSION with CPU ops (15-40 minutes on 2 cores)"
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
         -d "$src" "mmcv==$MMCV_VERSION"
     tar -xzf "$src"/mmcv-*.tar.gz -C "$src"
     sed -i 's/-std=c++17/-std=c++20/g; s/-std=c++14/-std=c++20/g' "$src/mmcv-$MMCV_VERSION/setup.py"
-    rm -f "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel -q --no-deps \
-        --no-build-isolation --no-cache-dir -w "$CACHE" "$src/mmcv-$MMCV_VERSION"
+        --no-build-isolation --no-cache-dir -w "$src/dist" "$src/mmcv-$MMCV_VERSION"
+    # replace the cached wheel only once the new one exists
+    rm -f "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl
+    mv "$src"/dist/mmcv-"$MMCV_VERSION"-*.whl "$CACHE"/
     rm -rf "$src"
 }
 install_mmcv() {
@@ -65,15 +71,15 @@ if ! mmcv_ok; then
     if ! ls "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then build_mmcv; fi
     install_mmcv
     if ! mmcv_ok; then
+        "$PY" -c "from mmcv.ops import RoIAlign, nms" 2>&1 | tail -3 || true
         log "cached mmcv wheel has no working ops; rebuilding"
         build_mmcv
         install_mmcv
     fi
 fi
 
-# 4. the rest of the stack and this package (editable).
-log "OpenMMLab stack and asmlp_mm"
-"${PIP[@]}" install -q -r requirements.txt
+# 5. this package, editable.
+log "asmlp_mm"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 
 mmcv_ok || { log "ERROR: mmcv.ops does not import after install"; exit 1; }

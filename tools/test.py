@@ -12,6 +12,7 @@ import os.path as osp
 
 from _common import add_common_args, load_config
 from mmengine.config import ConfigDict
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 
@@ -73,7 +74,8 @@ def main():
     if args.tta:
         enable_tta(cfg)
     runner = Runner.from_cfg(cfg)
-    check_checkpoint_fits(runner.model.module if args.tta else runner.model, args.checkpoint)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_checkpoint_fits(model.module if args.tta else model, args.checkpoint)
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
