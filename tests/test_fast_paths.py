@@ -118,12 +118,12 @@ def assert_outputs_close(outs, refs):
 # ------------------------------------------------------------------ equality
 
 @pytest.mark.parametrize('padding,dilation,connection', list(itertools.product(
-    ['zero', 'replicate', 'reflect', 'circular'], [1, 2, (1, 3, 2, 1)],
+    ['zero', 'replicate', 'reflect', 'circular'], [1, (1, 3, 2, 1)],
     ['parallel', 'serial'])))
 def test_inference_matches_reference(padding, dilation, connection):
     model = randomize(ASMLP(TINY, shift_size=5, dilation=dilation, padding=padding,
                             connection=connection, out_indices=ALL_STAGES)).eval()
-    x = torch.randn(2, 3, 61, 45)
+    x = torch.randn(2, 3, 37, 45)
     with torch.no_grad():
         outs = model(x)
         refs = reference_forward(model, x)
