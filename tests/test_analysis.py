@@ -104,13 +104,24 @@ def test_detection_counts_backbone_neck_and_heads():
     assert paper_way['params'] == real['params']
 
 
-def test_segmentation_leaves_out_the_auxiliary_head():
+class DecodePath(nn.Module):
+    """What a segmentor computes at inference: the decode head on the backbone."""
+
+    def __init__(self, segmentor):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x):
+        return self.segmentor.decode_head(self.segmentor.backbone(x))
+
+
+def test_segmentation_counts_the_inference_path():
     cfg = get_flops.load_config(DEMO_SEG)  # a narrow override of our UperNet config
-    result = get_flops.measure(cfg, (64, 64))
-    model = build_model_from_config(cfg)
-    assert result['params'] == count_params(model) - count_params(model.auxiliary_head)
-    backbone = count_flops(model.backbone, [torch.zeros(1, 3, 64, 64)])
-    assert result['flops'] > backbone
+    result = get_flops.measure(cfg, (64, 80))
+    model = build_model_from_config(cfg).eval()
+    assert result['params'] == count_params(model)  # auxiliary head included, as the paper
+    assert result['flops'] == count_flops(DecodePath(model), [torch.zeros(1, 3, 64, 80)])
+    assert result['flops'] > count_flops(model.backbone, [torch.zeros(1, 3, 64, 80)])
 
 
 def test_command_line_single_config_and_errors(tmp_path, capsys):
