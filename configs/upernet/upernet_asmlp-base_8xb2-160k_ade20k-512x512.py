@@ -1,0 +1,9 @@
+# UperNet + AS-MLP-B (C=128, depths 2-2-18-2, drop path 0.5) on ADE20K; recipe as AS-MLP-T.
+_base_ = './upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py'
+
+checkpoint_file = 'checkpoints/asmlp-base_8xb128_in1k.pth'  # mmpretrain AS-MLP-B classifier
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.5,
+                  init_cfg=dict(checkpoint=checkpoint_file)),
+    decode_head=dict(in_channels=[128, 256, 512, 1024]),
+    auxiliary_head=dict(in_channels=512))

@@ -1,0 +1,64 @@
+# UperNet + AS-MLP-T on ADE20K (150 classes), the paper's recipe (Swin's): 512x512 crops of
+# images resized to 2048x512 x [0.5, 2.0], 160k iterations at batch 16 (8 GPUs x 2), AdamW
+# lr 6e-5, weight decay 0.01 (none on the backbone's norms), 1500 linear warm-up iterations
+# then poly (power 1). FCN auxiliary head on stage 3. Single-scale mIoU by default;
+# `tools/test.py CONFIG CKPT --tta` gives the multi-scale + flip mIoU of the paper.
+_base_ = [
+    'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+]
+custom_imports = dict(imports=['asmlp_mm'], allow_failed_imports=False)
+
+# An mmpretrain AS-MLP-T classifier checkpoint: trained with
+# configs/asmlp/asmlp-tiny_8xb128_in1k.py or converted from the published weights with
+# tools/model_converters/asmlp_to_mm.py. Override with
+# --cfg-options model.backbone.init_cfg.checkpoint=PATH.
+checkpoint_file = 'checkpoints/asmlp-tiny_8xb128_in1k.pth'
+
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        _delete_=True,
+        type='ASMLP',
+        arch='tiny',
+        drop_path_rate=0.3,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),  # SyncBN
+    auxiliary_head=dict(in_channels=384, num_classes=150))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    # every norm of the backbone has "norm" in its name (GroupNorm, one group)
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
+]
+
+# 8 GPUs x 2 images
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader
+
+# Multi-scale + flip test as the paper's mmseg 0.x `--aug-test`: scales are the ratios of
+# the 2048x512 test scale (mmseg 1.x's base scales the original image instead).
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True)
+             for r in img_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')],
+        ])
+]
