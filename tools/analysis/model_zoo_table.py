@@ -56,12 +56,39 @@ def zoo_markdown(root: str = paper.REPO_ROOT) -> str:
     return '\n\n'.join(parts) + '\n\nFLOPs are multiply-accumulates.\n'
 
 
+README_BEGIN, README_END = '<!-- zoo-table -->', '<!-- /zoo-table -->'
+
+
+def readme_zoo(readme_text: str) -> str:
+    """The part of the README between the zoo-table markers."""
+    if README_BEGIN not in readme_text or README_END not in readme_text:
+        raise ValueError(f'README has no {README_BEGIN} ... {README_END} section')
+    return readme_text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip('\n')
+
+
+def write_readme(root: str = paper.REPO_ROOT) -> str:
+    """Replace the README's zoo section with the tables from the metafiles."""
+    path = osp.join(root, 'README.md')
+    with open(path) as f:
+        text = f.read()
+    old = readme_zoo(text)
+    text = text.replace(old, zoo_markdown(root).strip('\n'), 1)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='The model zoo as Markdown tables')
     parser.add_argument('--root', default=paper.REPO_ROOT,
                         help='repository root holding model-index.yml')
+    parser.add_argument('--write-readme', action='store_true',
+                        help='update the zoo section of README.md in place')
     args = parser.parse_args(argv)
-    print(zoo_markdown(args.root))
+    if args.write_readme:
+        print(f'updated {write_readme(args.root)}')
+    else:
+        print(zoo_markdown(args.root))
 
 
 if __name__ == '__main__':
