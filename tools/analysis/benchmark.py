@@ -115,9 +115,10 @@ def autocast(device: torch.device, amp: bool):
 
 
 def loss_of(out, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for (N, classes) logits, else the sum of the means of all outputs."""
+    """Cross-entropy for (N, classes) logits (labels taken modulo the number of classes),
+    else the sum of the means of all outputs."""
     if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == labels.shape[0]:
-        return F.cross_entropy(out.float(), labels)
+        return F.cross_entropy(out.float(), labels.remainder(out.shape[1]))
     if isinstance(out, torch.Tensor):
         return out.float().mean()
     if isinstance(out, dict):
@@ -475,7 +476,7 @@ def run_config(args) -> dict:
                             median_ms=median_ms(times), peak_mb=peak / 2**20,
                             runs_ms=[t * 1e3 for t in times])
         rows.append([mode, f'{result[mode]["img_s"]:.1f}', f'{result[mode]["median_ms"]:.1f}',
-                     f'{result[mode]["peak_mb"]:.0f}'])
+                     f'{result[mode]["peak_mb"]:.1f}'])
     print(json.dumps(result['machine']))
     print_table(f'{args.config} ({args.part}), batch {args.batch}, {shape[0]}x{shape[-1]}, '
                 f'amp={args.amp}, channels_last={args.channels_last}, '
