@@ -1,6 +1,6 @@
 # CPU demo of the AS-MLP-T Cascade Mask R-CNN config: the same detector and recipe (4conv1fc
 # GIoU cascade heads, AdamW without decay on norms), changed only where a CPU needs it: a tiny
-# AS-MLP trained from scratch, narrow FPN and heads, fewer RoIs, 128-pixel images, a short
+# AS-MLP trained from scratch, narrow FPN and heads, fewer RoIs, 96-pixel images, a short
 # schedule and the tiny shapes dataset written by `tools/make_demo_data.py coco`.
 # Trains and evaluates (COCO box and mask AP) in a few minutes on 2 CPU cores.
 _base_ = '../cascade_mask_rcnn/cascade-mask-rcnn_asmlp-tiny_fpn_ms-crop-1x_coco.py'
