@@ -35,7 +35,10 @@ def enable_drawing(cfg, show_dir):
         raise SystemExit('--show-dir needs a "visualization" hook in default_hooks')
     if hook['type'] == 'VisualizationHook':  # mmpretrain
         hook.update(enable=True, out_dir=show_dir)
-    else:  # DetVisualizationHook, SegVisualizationHook
+    elif hook['type'] == 'SegVisualizationHook':  # saves through the visualizer
+        hook.update(draw=True, interval=1)
+        cfg.visualizer['save_dir'] = osp.join(cfg.work_dir, show_dir)
+    else:  # DetVisualizationHook: under WORK_DIR/TIMESTAMP/SHOW_DIR
         hook.update(draw=True, test_out_dir=show_dir, interval=1)
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
 
-# one colour per shape class, for the drawn predictions
+# one colour per shape class: the shapes are drawn in it, and so are the predictions
 SHAPE_PALETTE = [[220, 20, 60], [0, 120, 255], [255, 190, 0]]
 SPLITS = ('training', 'validation')
 
@@ -61,7 +61,7 @@ def draw_labelled_scene(rng: np.random.Generator, height: int, width: int,
         ``class_index + 1`` where the topmost shape is.
     """
     labels = rng.integers(0, len(SHAPE_CLASSES), rng.integers(1, max_shapes + 1))
-    image, shapes = draw_scene(rng, height, width, labels)
+    image, shapes = draw_scene(rng, height, width, labels, class_colours=SHAPE_PALETTE)
     label_map = np.zeros((height, width), np.uint8)
     for class_index, poly in shapes:  # drawing order: later shapes cover earlier ones
         label_map[polygon_mask(poly, height, width)] = class_index + 1
