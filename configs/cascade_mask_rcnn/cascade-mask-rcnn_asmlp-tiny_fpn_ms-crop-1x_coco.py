@@ -10,7 +10,7 @@ _base_ = [
 # An mmpretrain AS-MLP-T ImageNet-1K classifier checkpoint (keys "backbone.*"), e.g. the
 # published one converted with tools/model_converters/asmlp_to_mm.py. Set your own path, or
 # override it: --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/asmlp-tiny_in1k.pth'
+pretrained = 'checkpoints/asmlp-tiny_8xb128_in1k.pth'
 embed_dims = 96
 
 cascade_target_stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1],

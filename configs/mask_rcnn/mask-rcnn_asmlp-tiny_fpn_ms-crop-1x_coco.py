@@ -8,7 +8,7 @@ _base_ = [
 
 # An mmpretrain AS-MLP-T ImageNet-1K classifier checkpoint (keys "backbone.*"); set your own
 # path or override it: --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/asmlp-tiny_in1k.pth'
+pretrained = 'checkpoints/asmlp-tiny_8xb128_in1k.pth'
 embed_dims = 96
 
 model = dict(
