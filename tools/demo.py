@@ -98,7 +98,7 @@ def main():
             row = results[name]
             print(f'  {name:28s}' + ''.join(
                 f'{row.get(k, float("nan")):15.4f}' for k in keys))
-        print(f'  drawn predictions: {work_dir}/*/predictions')
+        print(f'  drawn predictions: {work_dir}/**/predictions/')
     print('=' * 72)
 
 
