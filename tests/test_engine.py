@@ -12,6 +12,7 @@ from mmengine.fileio import get_file_backend
 import asmlp_mm  # noqa: F401  (installs the atomic backend and checkpoint loader)
 from asmlp_mm.compat import CheckpointError, load_local_checkpoint
 from asmlp_mm.datasets import make_classification_folder
+from asmlp_mm.datasets.ade import make_ade_dataset
 from asmlp_mm.engine import AtomicLocalBackend, find_resumable_checkpoint, reseed
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -64,14 +65,27 @@ def test_reseed_is_a_function_of_its_keys():
     assert torch.rand(1).item() != a[2]
 
 
-def train_cmd(work, data, *opts, resume=False):
+SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
+
+# (config, data generator, training length, unit of the checkpoint names); drop path on so
+# that the model draws random numbers too, besides the data augmentation
+RUNS = {
+    'cls': (CLS_DEMO, lambda root: make_classification_folder(root, 6, 3, size=32),
+            ['train_cfg.max_epochs=4', 'train_cfg.val_interval=2',
+             'default_hooks.checkpoint.interval=1'], 'epoch'),
+    'seg': (SEG_DEMO, lambda root: make_ade_dataset(root, num_train=8, num_val=2),
+            ['train_cfg.max_iters=4', 'train_cfg.val_interval=4',
+             'default_hooks.checkpoint.interval=1'], 'iter'),
+}
+
+
+def train_cmd(task, work, data, resume=False):
+    config, _, length, _ = RUNS[task]
     opts = [f'train_dataloader.dataset.data_root={data}',
             f'val_dataloader.dataset.data_root={data}',
-            f'test_dataloader.dataset.data_root={data}', 'train_cfg.val_interval=2',
-            'train_cfg.max_epochs=4', 'default_hooks.checkpoint.interval=1',
-            'default_hooks.checkpoint.max_keep_ckpts=10',
-            'model.backbone.drop_path_rate=0.2', *opts]  # drop path draws random numbers
-    return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), CLS_DEMO, '--work-dir',
+            f'test_dataloader.dataset.data_root={data}', *length,
+            'default_hooks.checkpoint.max_keep_ckpts=10', 'model.backbone.drop_path_rate=0.2']
+    return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
             str(work), *(['--resume'] if resume else []), '--cfg-options', *opts]
 
 
@@ -81,30 +95,32 @@ def run(cmd):
     return result.stdout + result.stderr
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize('task', sorted(RUNS))
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, task):
+    _, make_data, _, unit = RUNS[task]
     data = tmp_path / 'data'
-    make_classification_folder(str(data), num_train=6, num_val=3, size=32)
-    run(train_cmd(tmp_path / 'full', data))
+    make_data(str(data))
+    run(train_cmd(task, tmp_path / 'full', data))
 
-    # kill a second run as soon as it has saved epoch 2
+    # kill a second run as soon as it has saved step 2 (of 4)
     cut = tmp_path / 'cut'
-    proc = subprocess.Popen(train_cmd(cut, data), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(task, cut, data), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not (cut / 'epoch_2.pth').exists():
+    while proc.poll() is None and not (cut / f'{unit}_2.pth').exists():
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    if (cut / 'epoch_4.pth').exists():  # it finished before the kill: cut it back
-        for name in ('epoch_3.pth', 'epoch_4.pth'):
-            (cut / name).unlink(missing_ok=True)
-        (cut / 'last_checkpoint').write_text(str(cut / 'epoch_2.pth'))
+    if (cut / f'{unit}_4.pth').exists():  # it finished before the kill: cut it back
+        for step in (3, 4):
+            (cut / f'{unit}_{step}.pth').unlink(missing_ok=True)
+        (cut / 'last_checkpoint').write_text(str(cut / f'{unit}_2.pth'))
 
-    log = run(train_cmd(cut, data, resume=True))
-    assert 'resumed epoch' in log.lower()
-    full = torch.load(tmp_path / 'full' / 'epoch_4.pth', weights_only=False)
-    resumed = torch.load(cut / 'epoch_4.pth', weights_only=False)
+    log = run(train_cmd(task, cut, data, resume=True))
+    assert 'resumed epoch' in log.lower()  # mmengine: 'resumed epoch: E, iter: I'
+    full = torch.load(tmp_path / 'full' / f'{unit}_4.pth', weights_only=False)
+    resumed = torch.load(cut / f'{unit}_4.pth', weights_only=False)
     for key, value in full['state_dict'].items():
         assert torch.equal(value, resumed['state_dict'][key]), key
-    losses = [c['message_hub']['log_scalars']['train/loss']._log_history[-3:].tolist()
+    losses = [c['message_hub']['log_scalars']['train/loss']._log_history[-2:].tolist()
               for c in (full, resumed)]
     assert losses[0] == losses[1]
