@@ -14,6 +14,7 @@ from mmengine.model.wrappers import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner.checkpoint import CheckpointLoader
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class CheckpointError(RuntimeError):
@@ -131,26 +132,32 @@ class AutocastOptimWrapper(OptimWrapper):
             yield
 
 
-class GlooSyncBatchNorm(torch.nn.SyncBatchNorm):
-    """``SyncBatchNorm`` that also synchronizes CPU tensors (gloo process groups).
+class GlooSyncBatchNorm(_BatchNorm):
+    """A SyncBatchNorm for CPU tensors (gloo process groups), with SyncBN's state dict.
 
-    torch's SyncBatchNorm raises for CPU inputs. In training with more than one process
-    this computes the batch statistics over all processes with a differentiable
-    all-reduce of per-channel sums; otherwise it is torch's implementation. Remove when
-    torch supports CPU SyncBatchNorm.
+    torch's SyncBatchNorm raises for CPU inputs, and DDP refuses any SyncBatchNorm
+    subclass on CPU, so this is a plain batch norm whose training statistics are computed
+    over all processes with a differentiable all-reduce of per-channel sums. It replaces
+    ``nn.SyncBatchNorm`` layers in place (see :class:`CPUDistributedDataParallel`). Remove
+    when torch supports CPU SyncBatchNorm.
     """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2D input (got {x.dim()}D input)')
 
     def forward(self, x):
         import torch.distributed as dist
-        if x.is_cuda or not self.training or not dist.is_initialized() \
-                or dist.get_world_size(self.process_group) < 2:
+        group = getattr(self, 'process_group', None)
+        if not self.training or not dist.is_initialized() \
+                or dist.get_world_size(group) < 2:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         count = x.new_full((1, ), x.numel() / channels)
         stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
-                           group=self.process_group or dist.group.WORLD)
+                           group=group or dist.group.WORLD)
         total = stats[-1]
         mean = stats[:channels] / total
         var = stats[channels:2 * channels] / total - mean * mean
@@ -181,7 +188,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs):
         for m in module.modules():
-            if type(m) is torch.nn.SyncBatchNorm:
+            if isinstance(m, torch.nn.SyncBatchNorm):
                 m.__class__ = GlooSyncBatchNorm
         super().__init__(module=module, device_ids=None, **kwargs)
 

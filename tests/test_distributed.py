@@ -91,3 +91,38 @@ def test_two_process_train_and_test_match_single_process(tmp_path):
     two = json.loads((tmp_path / 'two.json').read_text())
     one = json.loads((tmp_path / 'one.json').read_text())
     assert two == one and 'accuracy/top1' in one
+
+
+def coco_options(root):
+    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    make_coco_dataset(root, num_train=8, num_val=4)
+    root = root.rstrip('/') + '/'
+    return [f'{d}.dataset.data_root={root}' for d in ('train_dataloader', 'val_dataloader',
+                                                       'test_dataloader')] + \
+        [f'{e}.ann_file={annotation_file(root, "val")}'
+         for e in ('val_evaluator', 'test_evaluator')] + \
+        ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'], 'epoch_1.pth'
+
+
+def ade_options(root):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    make_ade_dataset(root, num_train=8, num_val=2)
+    return [f'{d}.dataset.data_root={root}' for d in ('train_dataloader', 'val_dataloader',
+                                                      'test_dataloader')] + \
+        ['train_cfg.max_iters=4', 'train_cfg.val_interval=4',
+         'default_hooks.checkpoint.interval=4'], 'iter_4.pth'
+
+
+@pytest.mark.parametrize('config,make_options', [
+    ('cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py', coco_options),
+    ('upernet_asmlp-demo_shapes-ade.py', ade_options),
+], ids=['det', 'seg'])
+def test_two_process_training_with_syncbn_heads(tmp_path, config, make_options):
+    """The heads' SyncBN layers stay synchronized (GlooSyncBatchNorm) on CPU processes."""
+    options, checkpoint = make_options(str(tmp_path / 'data'))
+    work = tmp_path / 'work'
+    log = launch('dist_train.sh', osp.join(ROOT, 'configs', 'demo', config), '2',
+                 '--work-dir', str(work), '--cfg-options', *options)
+    assert 'Distributed training: True' in log
+    state = torch.load(work / checkpoint, weights_only=False)['state_dict']
+    assert any(k.endswith('running_mean') and 'head' in k for k in state)
