@@ -31,3 +31,15 @@ def count_flops(model: torch.nn.Module, inputs: Sequence) -> int:
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad():
         return analyzer.total()
+
+
+def save_initial_weights(cfg, path: str) -> None:
+    """Save the weights a training run of ``cfg`` starts from (same seed) as a checkpoint,
+    so that tools/test.py can measure what training adds."""
+    from mmengine.runner import set_random_seed
+    if isinstance(cfg, str):
+        cfg = Config.fromfile(cfg)
+    set_random_seed(cfg.get('randomness', {}).get('seed', 0))
+    model = build_model_from_config(cfg)
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)

@@ -14,7 +14,7 @@ from mmengine.registry import DefaultScope, init_default_scope
 from mmengine.runner import set_random_seed
 
 from asmlp_mm import paper
-from asmlp_mm.analysis import build_model_from_config, count_params
+from asmlp_mm.analysis import build_model_from_config, count_params, save_initial_weights
 from asmlp_mm.analysis_det import detector_flops
 from asmlp_mm.datasets import SHAPE_CLASSES, polygon_mask
 from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
@@ -343,14 +343,6 @@ def data_options(root):
         for evaluator in ('val_evaluator', 'test_evaluator')]
 
 
-def save_initial_weights(path):
-    """The demo detector as training starts it (same seed), saved as a checkpoint."""
-    set_random_seed(Config.fromfile(DEMO).randomness.seed)
-    model = build_model_from_config(DEMO)
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
-
-
 def evaluate(checkpoint, work_dir, name, options, *extra):
     metrics = osp.join(work_dir, f'{name}.json')
     run_tool(osp.join(ROOT, 'tools', 'test.py'), DEMO, checkpoint, '--work-dir', work_dir,
@@ -374,7 +366,7 @@ def test_demo_train_then_test_improves_box_and_mask_ap(shapes_coco, tmp_path):
         trained = f.read().strip()
     after = evaluate(trained, work, 'trained', options, '--show-dir', 'predictions')
     init = osp.join(work, 'init.pth')
-    save_initial_weights(init)
+    save_initial_weights(DEMO, init)
     before = evaluate(init, work, 'init', options)
     for metric in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
         assert after[metric] >= before[metric] + 0.05, (metric, before, after)

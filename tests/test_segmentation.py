@@ -24,7 +24,7 @@ from mmengine.runner import set_random_seed
 from PIL import Image
 
 from asmlp_mm import ASMLP
-from asmlp_mm.analysis import build_model_from_config, count_params
+from asmlp_mm.analysis import build_model_from_config, count_params, save_initial_weights
 from asmlp_mm.datasets.ade import SHAPE_CLASSES, ShapesADE20KDataset, make_ade_dataset
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -223,11 +223,7 @@ def test_demo_trains_and_improves_miou(tmp_path):
     after = evaluate(trained, 'trained', '--show-dir', 'predictions')
     after_tta = evaluate(trained, 'tta', '--tta')
 
-    cfg = Config.fromfile(DEMO)
-    set_random_seed(cfg.randomness.seed)
-    model = build_model_from_config(cfg)
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, work / 'init.pth')
+    save_initial_weights(DEMO, str(work / 'init.pth'))
     before = evaluate(str(work / 'init.pth'), 'init')
 
     print(f'mIoU before {before["mIoU"]:.2f}, after {after["mIoU"]:.2f}, '

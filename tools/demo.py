@@ -45,21 +45,6 @@ def evaluate(config, checkpoint, work_dir, name, extra=()):
         return json.load(f)
 
 
-def save_initial_weights(config, path):
-    """The weights training starts from (same seed), to measure what training adds."""
-    import torch
-    from mmengine.config import Config
-    from mmengine.runner import set_random_seed
-
-    sys.path.insert(0, ROOT)
-    from asmlp_mm.analysis import build_model_from_config
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    set_random_seed(cfg.get('randomness', {}).get('seed', 0))
-    model = build_model_from_config(cfg)
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
-
-
 def run_task(task, work_root):
     kind, data_root, config, keys, extra_tests = TASKS[task]
     work_dir = osp.join(work_root, task)
@@ -75,7 +60,9 @@ def run_task(task, work_root):
         results[f'after training, {name}'] = evaluate(config, trained, work_dir, name,
                                                       list(args))
     init = osp.join(work_dir, 'init.pth')
-    save_initial_weights(config, init)
+    sys.path.insert(0, ROOT)
+    from asmlp_mm.analysis import save_initial_weights
+    save_initial_weights(osp.join(ROOT, config), init)
     results['before training'] = evaluate(config, init, work_dir, 'init')
     return keys, results, work_dir
 
