@@ -1,4 +1,6 @@
 """Bad input gets one clear error, or is handled (issue: reliability)."""
+import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -116,3 +118,308 @@ def test_missing_dataset_folder_is_reported(tmp_path):
     with DefaultScope.overwrite_default_scope('mmpretrain'), \
             pytest.raises(Exception, match='nowhere'):
         DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=str(tmp_path / 'nowhere')))
+
+
+# ---------------------------------------------------------------------------------------
+# detection and segmentation data, through the demo configs' datasets and pipelines
+# ---------------------------------------------------------------------------------------
+DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
+SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
+
+
+def build_dataset(config, loader, **overrides):
+    """The dataset of ``cfg.<loader>`` as the runner builds it: the config's imports
+    (which register its dataset type) and default scope."""
+    from mmengine.registry import DATASETS, DefaultScope
+    from mmengine.utils import import_modules_from_strings
+    cfg = Config.fromfile(config)
+    import_modules_from_strings(**cfg.custom_imports)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        return DATASETS.build(dict(cfg[loader].dataset, **overrides))
+
+
+def eval_model(config):
+    """The config's model, initialized as training starts, SyncBN as BN (as the runner
+    does without a launcher), in eval mode."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.runner import set_random_seed
+    set_random_seed(0)
+    model = revert_sync_batchnorm(build_model_from_config(config))
+    model.init_weights()
+    return model.eval()
+
+
+def edit_json(path, edit):
+    with open(path) as f:
+        data = json.load(f)
+    edit(data)
+    with open(path, 'w') as f:
+        json.dump(data, f)
+    return data
+
+
+def test_coco_missing_images_fail_when_the_dataset_is_built(tmp_path):
+    from mmengine.runner import Runner
+    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    root = make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2, size=32) + '/'
+    # the validation json lists six images that are not on disk (and have no annotations)
+    edit_json(annotation_file(root, 'val'), lambda coco: coco['images'].extend(
+        dict(id=100 + i, file_name=f'lost_{i}.jpg', height=32, width=32) for i in range(6)))
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset(DET_DEMO, 'val_dataloader', data_root=root)
+    message = str(err.value)
+    assert "6 of the 8 images listed in '" + annotation_file(root, 'val') in message
+    assert f"do not exist in '{root}val/'" in message and f"data_root='{root}'" in message
+    assert ("'lost_0.jpg', 'lost_1.jpg', 'lost_2.jpg', 'lost_3.jpg', 'lost_4.jpg' "
+            'and 1 more') in message
+
+    # before training starts: the runner builds the validation set before the first step
+    cfg = Config.fromfile(DET_DEMO)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = root
+    cfg.val_evaluator.ann_file = annotation_file(root, 'val')
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(FileNotFoundError, match="6 of the 8 images"):
+        runner.train()
+    assert runner.iter == 0 and not list((tmp_path / 'work').rglob('*.pth'))
+
+    # a training image gone from disk
+    os.remove(osp.join(root, 'train', 'train_0001.jpg'))
+    with pytest.raises(FileNotFoundError, match=r"1 of the 2 images .* 'train_0001.jpg'$"):
+        build_dataset(DET_DEMO, 'train_dataloader', data_root=root)
+
+
+def coco_with_bad_annotations(root):
+    """A COCO train split of 4 images: image 1 has its shapes and a box of no width,
+    image 2 only boxes of no height or width < 1, image 3 no annotation, image 4 its
+    shapes. Returns the number of shapes of image 1 and the json path."""
+    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    make_coco_dataset(root, seed=1, num_train=4, num_val=3, size=64)
+    path = annotation_file(root, 'train')
+
+    def edit(coco):
+        keep = [a for a in coco['annotations'] if a['image_id'] in (1, 4)]
+        degenerate = [(1, [10., 10., 0., 20.], 0), (2, [5., 5., 20., 0.], 0),
+                      (2, [30., 30., 0.5, 12.], 6)]
+        for image_id, (x, y, w, h), area in degenerate:
+            keep.append(dict(id=1000 + len(keep), image_id=image_id, category_id=1,
+                             iscrowd=0, bbox=[x, y, w, h], area=area,
+                             segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+        coco['annotations'] = keep
+
+    coco = edit_json(path, edit)
+    shapes = [a for a in coco['annotations'] if a['image_id'] == 1 and a['area'] > 0]
+    return len(shapes), path
+
+
+def test_coco_boxes_of_no_area_are_skipped_and_empty_images_dropped_in_training(tmp_path):
+    from mmengine.dataset import pseudo_collate
+    root = str(tmp_path / 'coco') + '/'
+    num_shapes, _ = coco_with_bad_annotations(root)
+    train = build_dataset(DET_DEMO, 'train_dataloader', data_root=root)
+    # image 3 (no annotation) and image 2 (no usable one) are left out of training
+    assert [train.get_data_info(i)['img_id'] for i in range(len(train))] == [1, 4]
+    boxes = train[0]['data_samples'].gt_instances.bboxes.tensor
+    assert len(boxes) == num_shapes  # the box of no width is skipped
+    assert bool(((boxes[:, 2:] - boxes[:, :2]) >= 1).all())
+
+    # unfiltered, a training step on the three odd images gives finite losses
+    unfiltered = build_dataset(DET_DEMO, 'train_dataloader', data_root=root, filter_cfg=None)
+    assert len(unfiltered) == 4
+    model = eval_model(DET_DEMO).train()
+    batch = [unfiltered[i] for i in range(3)]
+    assert [len(s['data_samples'].gt_instances) for s in batch] == [num_shapes, 0, 0]
+    data = model.data_preprocessor(pseudo_collate(batch), True)
+    loss, log_vars = model.parse_losses(model(**data, mode='loss'))
+    assert torch.isfinite(loss) and all(np.isfinite(float(v)) for v in log_vars.values())
+    loss.backward()
+
+
+def test_coco_empty_images_are_kept_and_evaluated_in_testing(tmp_path):
+    from mmdet.datasets.api_wrappers import COCO
+    from mmengine.registry import METRICS, DefaultScope
+    from asmlp_mm.datasets.coco import annotation_file
+    root = str(tmp_path / 'coco') + '/'
+    num_shapes, train_json = coco_with_bad_annotations(root)
+    # testing keeps every image; boxes of no area are left out of the ground truth samples
+    test = build_dataset(DET_DEMO, 'val_dataloader', data_root=root, data_prefix=dict(
+        img='train/'), ann_file=train_json)
+    assert [test.get_data_info(i)['img_id'] for i in range(len(test))] == [1, 2, 3, 4]
+    assert [len(test[i]['data_samples'].gt_instances) for i in range(3)] == [
+        num_shapes, 0, 0]
+    # the metric counts predictions on an image without objects (the metric reads its
+    # ground truth from the json as it is: the COCO protocol)
+    path = annotation_file(root, 'val')
+    edit_json(path, lambda coco: coco.update(
+        annotations=[a for a in coco['annotations'] if a['image_id'] != 3]))
+    test = build_dataset(DET_DEMO, 'val_dataloader', data_root=root)
+    assert len(test) == 3 and len(test[2]['data_samples'].gt_instances) == 0
+    coco = COCO(path)
+    cfg = Config.fromfile(DET_DEMO)
+    some_label = coco.load_anns(coco.get_ann_ids())[0]['category_id'] - 1
+
+    def evaluate(false_positive):
+        """Metrics of predictions equal to the ground truth (score 0.9), with or without
+        one more box (score 1.0) on the empty image 3."""
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            metric = METRICS.build(dict(cfg.val_evaluator, ann_file=path))
+        metric.dataset_meta = test.metainfo
+        for i in range(len(test)):
+            info = test.get_data_info(i)
+            anns = coco.load_anns(coco.get_ann_ids(img_ids=[info['img_id']]))
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in anns)]
+            labels = [a['category_id'] - 1 for a in anns]
+            masks = [coco.annToMask(a) for a in anns]
+            scores = [0.9] * len(anns)
+            if false_positive and info['img_id'] == 3:
+                boxes, labels, scores = [[8., 8., 40., 40.]], [some_label], [1.0]
+                masks = [np.pad(np.ones((32, 32), np.uint8), ((8, 24), (8, 24)))]
+            shape = (info['height'], info['width'])
+            metric.process({}, [dict(img_id=info['img_id'], ori_shape=shape, pred_instances=dict(
+                bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                scores=torch.tensor(scores), labels=torch.tensor(labels, dtype=torch.long),
+                masks=torch.from_numpy(np.array(masks, bool).reshape(-1, *shape))))])
+        return metric.evaluate(len(test))
+
+    perfect = evaluate(false_positive=False)
+    assert perfect['coco/bbox_mAP'] == perfect['coco/segm_mAP'] == 1.0
+    # a confident box on the image without objects counts against the precision
+    with_fp = evaluate(false_positive=True)
+    assert with_fp['coco/bbox_mAP'] < 1.0 and with_fp['coco/segm_mAP'] < 1.0
+
+
+def write_odd_images(folder, suffix):
+    """Gray, RGBA, palette, 16-bit, tiny and long thin images; returns {stem: (h, w)}."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = {
+        'gray': Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8), 'L'),
+        'rgba': Image.fromarray(rng.integers(0, 255, (48, 64, 4), dtype=np.uint8), 'RGBA'),
+        'tiny': Image.fromarray(rng.integers(0, 255, (13, 20, 3), dtype=np.uint8)),
+        'thin': Image.fromarray(rng.integers(0, 255, (333, 51, 3), dtype=np.uint8)),
+    }
+    if suffix == '.png':
+        images['palette'] = images['tiny'].convert('P')
+        images['gray16'] = Image.fromarray(rng.integers(0, 65535, (30, 40), dtype=np.uint16))
+    else:  # JPEG has no alpha: the RGBA image goes as PNG under a .jpg name; and CMYK
+        images['cmyk'] = images['thin'].resize((40, 30)).convert('CMYK')
+    sizes = {}
+    for stem, image in images.items():
+        image.save(osp.join(folder, stem + suffix), format='PNG' if stem == 'rgba' else None)
+        sizes[stem] = (image.height, image.width)
+    return sizes
+
+
+def test_odd_images_through_the_detection_demo(tmp_path):
+    from mmengine.dataset import pseudo_collate
+    root = tmp_path / 'coco'
+    sizes = write_odd_images(str(root / 'val'), '.jpg')
+    images, annotations = [], []
+    for i, (stem, (h, w)) in enumerate(sizes.items()):
+        images.append(dict(id=i + 1, file_name=stem + '.jpg', height=h, width=w))
+        x, y, bw, bh = w / 4, h / 4, w / 2, h / 2
+        annotations.append(dict(id=i + 1, image_id=i + 1, category_id=2, iscrowd=0,
+                                bbox=[x, y, bw, bh], area=bw * bh,
+                                segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]))
+    (root / 'annotations').mkdir()
+    categories = [dict(id=i + 1, name=n) for i, n in enumerate(('square', 'circle',
+                                                                'triangle'))]
+    with open(root / 'annotations' / 'odd.json', 'w') as f:
+        json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    dataset = build_dataset(DET_DEMO, 'val_dataloader', data_root=str(root) + '/',
+                            ann_file='annotations/odd.json')
+    model = eval_model(DET_DEMO)
+    assert len(dataset) == len(sizes)
+    for i, (stem, (h, w)) in enumerate(sizes.items()):
+        sample = dataset[i]
+        assert sample['inputs'].shape[0] == 3, stem
+        assert sample['data_samples'].ori_shape == (h, w)
+        assert len(sample['data_samples'].gt_instances) == 1
+        with torch.no_grad():
+            pred, = model.test_step(pseudo_collate([sample]))
+        instances = pred.pred_instances
+        assert len(instances) > 0 and instances.masks.shape[1:] == (h, w), stem
+        boxes = instances.bboxes  # in the original image
+        assert bool((boxes >= 0).all() and (boxes[:, 0::2] <= w + 1e-3).all()
+                    and (boxes[:, 1::2] <= h + 1e-3).all()), stem
+
+
+def test_odd_images_through_the_segmentation_demo(tmp_path):
+    from mmengine.dataset import pseudo_collate
+    root = tmp_path / 'ade'
+    sizes = write_odd_images(str(root / 'images' / 'validation'), '.png')
+    (root / 'annotations' / 'validation').mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for stem, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 4, (h, w), dtype=np.uint8)).save(
+            root / 'annotations' / 'validation' / f'{stem}.png')
+    model = eval_model(SEG_DEMO)
+    for pipeline in ('test_pipeline', 'tta_pipeline'):
+        dataset = build_dataset(SEG_DEMO, 'val_dataloader', data_root=str(root),
+                                img_suffix='.png',
+                                pipeline=Config.fromfile(SEG_DEMO)[pipeline])
+        assert len(dataset) == len(sizes)
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            stem = osp.basename(dataset.get_data_info(i)['img_path'])[:-4]
+            h, w = sizes[stem]
+            if pipeline == 'tta_pipeline':  # 3 scales x 2 flips, all in colour
+                assert [x.shape[0] for x in sample['inputs']] == [3] * 6, stem
+                continue
+            assert sample['inputs'].shape[0] == 3, stem
+            assert sample['data_samples'].gt_sem_seg.shape == (h, w)
+            with torch.no_grad():
+                pred, = model.test_step(pseudo_collate([sample]))
+            assert pred.pred_sem_seg.shape == (h, w), stem
+            assert int(pred.pred_sem_seg.data.max()) < 3
+
+
+def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    root = make_ade_dataset(str(tmp_path / 'ade'), num_train=3, num_val=1)
+    labels = osp.join(root, 'annotations', 'training')
+    os.remove(osp.join(labels, 'ADE_training_00001.png'))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(osp.join(labels, 'ADE_training_00099.png'))
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset(SEG_DEMO, 'train_dataloader', data_root=root)
+    message = str(err.value)
+    assert f"1 of the 3 images have no label map in '{labels}': 'ADE_training_00001.png'" \
+        in message
+    assert (f"1 label maps in '{labels}' have no image (*.jpg) in "
+            f"'{osp.join(root, 'images', 'training')}': 'ADE_training_00099.png'") in message
+    assert 'ADE_training_00002' not in message
+    # the validation split is complete: no error
+    assert len(build_dataset(SEG_DEMO, 'val_dataloader', data_root=root)) == 1
+    # no image at all (e.g. a wrong suffix)
+    with pytest.raises(FileNotFoundError, match=r"no image ending in '\.png' in '.*validation'"):
+        build_dataset(SEG_DEMO, 'val_dataloader', data_root=root, img_suffix='.png')
+
+
+def test_ade_label_values_outside_the_classes_fail_in_train_test_and_tta(tmp_path):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2)
+    cfg = Config.fromfile(SEG_DEMO)
+    for split in ('training', 'validation'):
+        path = osp.join(root, 'annotations', split, f'ADE_{split}_00000.png')
+        label = np.asarray(Image.open(path))
+        # 3 classes: the file may hold 0 (ignored), 1..3 and 255 (ignored); a stripe
+        # pattern of 0..8 puts every value in any crop
+        bad = (np.arange(label.size).reshape(label.shape) % 9).astype(np.uint8)
+        Image.fromarray(bad).save(path)
+    for loader, pipeline in (('train_dataloader', cfg.train_pipeline),
+                             ('val_dataloader', cfg.test_pipeline),
+                             ('val_dataloader', cfg.tta_pipeline)):
+        dataset = build_dataset(SEG_DEMO, loader, data_root=root, pipeline=pipeline)
+        with pytest.raises(ValueError) as err:
+            dataset[0]
+        split = 'training' if loader == 'train_dataloader' else 'validation'
+        message = str(err.value)
+        assert f"ADE_{split}_00000.png' holds values [3, 4, 5, 6, 7]" in message
+        assert 'labels must be 0..2 or 255 (ignored)' in message
+        assert 'the file may hold 0 (ignored), 1..3 and 255 (ignored)' in message
+        good = dataset[1]  # the other label map is fine
+        samples = good['data_samples']
+        for sample in samples if isinstance(samples, list) else [samples]:
+            values = set(torch.unique(sample.gt_sem_seg.data).tolist())
+            assert values <= {0, 1, 2, 255}

@@ -6,19 +6,25 @@
     root/annotations/{training,validation}/*.png   (uint8: 0 = other/ignore, 1..N = shapes)
 
 As in ADE20K, label 0 is "other" and is ignored (``reduce_zero_label=True`` turns it into
-255 and shifts 1..N to 0..N-1). :class:`ShapesADE20KDataset` is ``ADE20KDataset`` with the
-shape classes, so the demo config only swaps the dataset type. Importing this module
-registers it in mmseg's DATASETS.
+255 and shifts 1..N to 0..N-1).
+
+:class:`CheckedADE20KDataset` is mmseg's ``ADE20KDataset`` with checks of bad data (the
+dataset type of the UperNet configs); :class:`ShapesADE20KDataset` is it with the shape
+classes, so the demo config only swaps the dataset type. Importing this module registers
+both in mmseg's DATASETS.
 """
 import os
 import os.path as osp
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
+import torch
+from mmengine import fileio
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
+from .checks import bad_label_values, find_missing, quote_some, relative_names
 from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
 
 # one colour per shape class: the shapes are drawn in it, and so are the predictions
@@ -27,12 +33,123 @@ SPLITS = ('training', 'validation')
 
 
 @DATASETS.register_module()
-class ShapesADE20KDataset(ADE20KDataset):
-    """``ADE20KDataset`` (``.jpg`` images, ``.png`` labels, ``reduce_zero_label=True``)
-    whose classes are the shapes of :data:`SHAPE_CLASSES`.
+class CheckedADE20KDataset(ADE20KDataset):
+    """``ADE20KDataset`` that reports bad data with one clear error.
+
+    When the dataset is built (before training starts) it raises ``FileNotFoundError``
+    if it finds no image, if an image has no label map, if a label map has no image (an
+    image lost in copying), or, with an ``ann_file`` list, if a listed image is missing;
+    the error names the first files, their number and the folders. mmseg's dataset would
+    fail only when such a sample is loaded, or silently leave the image out.
+
+    Whenever a sample is loaded it checks the labels that reach the loss or the metric
+    (the packed ``gt_sem_seg``): a value that is neither a class index
+    (0..num_classes-1, the number of ``classes`` in the metainfo, after
+    ``reduce_zero_label``) nor ``ignore_index`` raises ``ValueError`` naming the label
+    file, the values and the valid range. Otherwise such values end in an indexing error
+    deep inside the loss in training, and are silently dropped by ``IoUMetric`` in
+    testing (a wrong mIoU). A value in a part of the image that a random crop leaves out
+    is not seen in that iteration (nor trained on); testing always sees the whole map.
 
     Args:
+        check_files (bool): Check the image and label files when the dataset is built.
+            Defaults to True.
+        check_labels (bool): Check the label values of every loaded sample. Defaults to
+            True.
         **kwargs: Passed to ``ADE20KDataset`` (``data_root``, ``data_prefix``,
+            ``pipeline``, ``ignore_index``, ...).
+    """
+
+    def __init__(self, *args, check_files: bool = True, check_labels: bool = True,
+                 **kwargs):
+        self.check_files = check_files
+        self.check_labels = check_labels
+        super().__init__(*args, **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        """mmseg's listing of images and label maps, then the check of the files."""
+        data_list = super().load_data_list()
+        if self.check_files:
+            self._check_files(data_list)
+        return data_list
+
+    def _check_files(self, data_list: List[dict]) -> None:
+        img_dir = self.data_prefix.get('img_path') or ''
+        ann_dir = self.data_prefix.get('seg_map_path')
+        where = f'data_root={self.data_root!r}'
+        if not data_list:
+            raise FileNotFoundError(
+                f'{type(self).__name__}: no image ending in {self.img_suffix!r} in '
+                f'{img_dir!r}' + (f' listed in {self.ann_file!r}' if self.ann_file else '')
+                + f' ({where})')
+        problems = []
+        from_list = bool(self.ann_file) and not osp.isdir(self.ann_file)  # as mmseg
+        if from_list:  # the images come from a list, not from the folder
+            images = [info['img_path'] for info in data_list]
+            missing = find_missing(images, self.backend_args)
+            if missing:
+                problems.append(
+                    f'{len(missing)} of the {len(images)} images listed in '
+                    f'{self.ann_file!r} do not exist in {img_dir!r}: '
+                    f'{quote_some(relative_names(missing, img_dir))}')
+        labels = [info['seg_map_path'] for info in data_list if 'seg_map_path' in info]
+        if labels:
+            missing = find_missing(labels, self.backend_args)
+            if missing:
+                problems.append(
+                    f'{len(missing)} of the {len(labels)} images have no label map in '
+                    f'{ann_dir!r}: {quote_some(relative_names(missing, ann_dir))}')
+            if not from_list and fileio.isdir(ann_dir, backend_args=self.backend_args):
+                expected = set(relative_names(labels, ann_dir))
+                orphans = sorted(
+                    name for name in fileio.list_dir_or_file(
+                        ann_dir, list_dir=False, suffix=self.seg_map_suffix,
+                        recursive=True, backend_args=self.backend_args)
+                    if name not in expected)
+                if orphans:
+                    problems.append(
+                        f'{len(orphans)} label maps in {ann_dir!r} have no image '
+                        f'(*{self.img_suffix}) in {img_dir!r}: {quote_some(orphans)}')
+        if problems:
+            raise FileNotFoundError(f'{type(self).__name__} ({where}): ' +
+                                    '; '.join(problems))
+
+    def prepare_data(self, idx: int):
+        """The sample through the pipeline, with its labels checked."""
+        data = super().prepare_data(idx)
+        if self.check_labels and isinstance(data, dict):
+            samples = data.get('data_samples')
+            if not isinstance(samples, (list, tuple)):  # a list with test-time aug
+                samples = [samples]
+            for sample in samples:
+                if sample is not None and 'gt_sem_seg' in sample:
+                    self._check_label_values(sample.gt_sem_seg.data, idx)
+        return data
+
+    def _check_label_values(self, labels: torch.Tensor, idx: int) -> None:
+        num_classes = len(self.metainfo['classes'])
+        bad = bad_label_values(torch.unique(labels).tolist(), num_classes,
+                               self.ignore_index)
+        if not bad:
+            return
+        path = self.get_data_info(idx).get('seg_map_path')
+        hint = ''
+        if self.reduce_zero_label:
+            hint = (f'; with reduce_zero_label a value v in the file becomes v-1, so the '
+                    f'file may hold 0 (ignored), 1..{num_classes} and 255 (ignored)')
+        raise ValueError(
+            f'label map {path!r} holds values {bad} (after loading) outside the '
+            f'{num_classes} classes of {type(self).__name__}: labels must be '
+            f'0..{num_classes - 1} or {self.ignore_index} (ignored){hint}')
+
+
+@DATASETS.register_module()
+class ShapesADE20KDataset(CheckedADE20KDataset):
+    """``CheckedADE20KDataset`` (``.jpg`` images, ``.png`` labels,
+    ``reduce_zero_label=True``) whose classes are the shapes of :data:`SHAPE_CLASSES`.
+
+    Args:
+        **kwargs: Passed to ``CheckedADE20KDataset`` (``data_root``, ``data_prefix``,
             ``pipeline``, ...).
     """
     METAINFO = dict(classes=SHAPE_CLASSES, palette=SHAPE_PALETTE)

@@ -8,7 +8,11 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['asmlp_mm'], allow_failed_imports=False)
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.coco_dataset'],
+                      allow_failed_imports=False)
+# CocoDataset that fails when it is built if an image of the annotation file is missing
+# (asmlp_mm/datasets/coco_dataset.py); every detection config inherits it from here
+dataset_type = 'CheckedCocoDataset'
 
 ms_scales = [(short_side, 1333) for short_side in range(480, 801, 32)]
 train_pipeline = [
@@ -29,7 +33,10 @@ train_pipeline = [
         ]),
     dict(type='PackDetInputs'),
 ]
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(batch_size=2,
+                        dataset=dict(type=dataset_type, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(type=dataset_type))
+test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -68,7 +68,7 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-dataset = dict(type='CocoDataset', data_root=data_root, metainfo=metainfo)
+dataset = dict(data_root=data_root, metainfo=metainfo)  # type: the base's CheckedCocoDataset
 train_dataloader = dict(
     batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(**dataset, ann_file='annotations/instances_train.json',

@@ -5,11 +5,9 @@
 # `python tools/make_demo_data.py ade data/demo/shapes_ade`), 64x80 images, a short
 # schedule (200 iterations) and 3 scales + flip for --tta. Trains in about half a minute.
 _base_ = '../upernet/upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py'
-custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.ade'],
-                      allow_failed_imports=False)
 
 data_root = 'data/demo/shapes_ade'
-dataset_type = 'ShapesADE20KDataset'  # ADE20KDataset with the shape classes
+dataset_type = 'ShapesADE20KDataset'  # the base's CheckedADE20KDataset with the shape classes
 num_classes = 3
 crop_size = (64, 64)
 scale = (256, 64)  # plays the role of 2048x512

@@ -7,7 +7,12 @@ _base_ = [
     'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
 ]
-custom_imports = dict(imports=['asmlp_mm'], allow_failed_imports=False)
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.ade'],
+                      allow_failed_imports=False)
+# ADE20KDataset with checks of bad data (asmlp_mm/datasets/ade.py): an image without its
+# label map (or the reverse) fails when the dataset is built, label values outside the
+# classes fail when their sample is loaded
+dataset_type = 'CheckedADE20KDataset'
 
 # An mmpretrain AS-MLP-T classifier checkpoint: trained with
 # configs/asmlp/asmlp-tiny_8xb128_in1k.py or converted from the published weights with
@@ -42,8 +47,8 @@ param_scheduler = [
 ]
 
 # 8 GPUs x 2 images
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
+train_dataloader = dict(batch_size=2, dataset=dict(type=dataset_type))
+val_dataloader = dict(batch_size=1, dataset=dict(type=dataset_type))
 test_dataloader = val_dataloader
 
 # Multi-scale + flip test as the paper's mmseg 0.x `--aug-test`: scales are the ratios of
