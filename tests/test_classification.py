@@ -1,9 +1,8 @@
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_tool
 
 from asmlp_mm import paper
 from asmlp_mm.analysis import build_model_from_config, count_flops, count_params
@@ -21,13 +20,6 @@ def test_params_and_flops_match_paper(entry):
     # ours: 4.38G, 8.56G, 15.19G, 44.65G (GroupNorm counted; convolutions alone 8.51G for S)
     flops = count_flops(model, [torch.zeros(1, 3, *entry.flops_shape)])
     assert flops == pytest.approx(entry.flops, rel=0.01)
-
-
-def run_tool(*args, cwd):
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def test_tiny_train_and_test_through_tools(tmp_path):

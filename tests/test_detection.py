@@ -3,12 +3,11 @@ import glob
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_tool
 from mmengine.config import Config
 from mmengine.registry import DefaultScope, init_default_scope
 from mmengine.runner import set_random_seed
@@ -324,17 +323,6 @@ def test_coco_dataset_bad_arguments(tmp_path, kwargs, match):
 # ---------------------------------------------------------------------------------------
 # the demo end to end: tools/train.py, tools/test.py and mmdet's packaged train tool
 # ---------------------------------------------------------------------------------------
-def run_tool(*args, cwd, env=None):
-    # one thread: the demo's tiny convolutions gain little from two, and a second thread
-    # on a busy 2-core machine makes every step many times slower
-    env = dict(env or os.environ)
-    env.setdefault('OMP_NUM_THREADS', '1')
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True,
-                            text=True, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
 def data_options(root):
     root = root.rstrip('/') + '/'
     return ['--cfg-options'] + [f'{loader}.dataset.data_root={root}' for loader in (
@@ -346,7 +334,7 @@ def data_options(root):
 def evaluate(checkpoint, work_dir, name, options, *extra):
     metrics = osp.join(work_dir, f'{name}.json')
     run_tool(osp.join(ROOT, 'tools', 'test.py'), DEMO, checkpoint, '--work-dir', work_dir,
-             '--dump-metrics', metrics, *extra, *options, cwd=work_dir)
+             '--dump-metrics', metrics, *extra, *options, cwd=work_dir, threads=1)
     with open(metrics) as f:
         return json.load(f)
 
@@ -360,7 +348,7 @@ def test_demo_train_then_test_improves_box_and_mask_ap(shapes_coco, tmp_path):
     work = str(tmp_path / 'work')
     options = data_options(shapes_coco)
     out = run_tool(osp.join(ROOT, 'tools', 'train.py'), DEMO, '--work-dir', work, *options,
-                   cwd=str(tmp_path))
+                   cwd=str(tmp_path), threads=1)
     assert 'coco/segm_mAP' in out  # validation at the end of training
     with open(osp.join(work, 'last_checkpoint')) as f:
         trained = f.read().strip()
@@ -384,6 +372,7 @@ def test_demo_runs_with_mmdets_own_train_tool(shapes_coco, tmp_path):
         'train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT, os.environ.get('PYTHONPATH', '')]))
-    out = run_tool(tool, DEMO, '--work-dir', work, *options, cwd=str(tmp_path), env=env)
+    out = run_tool(tool, DEMO, '--work-dir', work, *options, cwd=str(tmp_path), env=env,
+                   threads=1)
     assert 'coco/bbox_mAP' in out
     assert osp.isfile(osp.join(work, 'epoch_1.pth'))

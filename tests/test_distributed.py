@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from asmlp_mm.compat import GlooSyncBatchNorm
 from asmlp_mm.datasets import make_classification_folder
@@ -29,13 +30,6 @@ def _sync_bn_worker(rank, port, x, weight, grad_out, results):
     results[rank] = (out.detach(), part.grad, bn.weight.grad, bn.running_mean,
                      bn.running_var)
     dist.destroy_process_group()
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_gloo_sync_batchnorm_equals_batchnorm_on_the_whole_batch():

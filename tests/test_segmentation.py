@@ -9,12 +9,11 @@ import importlib.util
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_tool
 from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.model import revert_sync_batchnorm
@@ -189,13 +188,6 @@ def test_make_ade_dataset(tmp_path):
         reduced = dataset[0]['gt_seg_map']
     raw = np.asarray(Image.open(dataset.get_data_info(0)['seg_map_path']))
     np.testing.assert_array_equal(reduced, np.where(raw == 0, 255, raw - 1))
-
-
-def run_tool(*args, cwd, env=None):
-    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True,
-                            text=True, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def data_options(root):

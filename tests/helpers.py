@@ -1,0 +1,41 @@
+"""Helpers of the tests that run the tools (train.py, test.py, the dist scripts) in
+subprocesses. pytest puts this folder on ``sys.path``: ``from helpers import run_tool``."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(ROOT, 'tools')
+
+
+def run_tool(*args, cwd, env=None, threads=None):
+    """Run ``python *args`` in ``cwd``, assert that it succeeds, return its output.
+
+    Args:
+        *args: The script and its arguments.
+        cwd: Working folder.
+        env (dict, optional): Environment; defaults to this process's.
+        threads (int, optional): ``OMP_NUM_THREADS`` when the environment sets none. One
+            thread suits the tiny demo models: their convolutions gain little from two,
+            and a second thread on a busy 2-core machine makes every step many times
+            slower.
+
+    Returns:
+        str: stdout and stderr.
+    """
+    env = dict(env or os.environ)
+    if threads is not None:
+        env.setdefault('OMP_NUM_THREADS', str(threads))
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that is free now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
