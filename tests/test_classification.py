@@ -42,5 +42,8 @@ def test_tiny_train_and_test_through_tools(tmp_path):
     assert 'resumed epoch: 2' in out.lower() or 'Load checkpoint from' in out
     assert (work / 'epoch_3.pth').is_file()
     out = run_tool(osp.join(ROOT, 'tools', 'test.py'), config, str(work / 'epoch_3.pth'),
-                   '--work-dir', str(work), *opts, cwd=tmp_path)
+                   '--work-dir', str(work), '--show-dir', 'drawn', *opts, cwd=tmp_path)
     assert 'accuracy/top1' in out
+    # --show-dir is relative to the work dir, as for detection and segmentation
+    assert len(list((work / 'drawn').glob('*.png'))) == len(list((data / 'val').rglob('*.png')))
+    assert not (tmp_path / 'drawn').exists()

@@ -11,8 +11,9 @@ import json
 import os.path as osp
 
 from _common import add_common_args, load_config
+from asmlp_mm.compat import CheckpointError
+from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
 from mmengine.config import ConfigDict
-from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 
@@ -23,7 +24,8 @@ def parse_args():
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation from the config (tta_model)')
     parser.add_argument('--show-dir',
-                        help='save drawn predictions under WORK_DIR/TIMESTAMP/SHOW_DIR')
+                        help='save drawn predictions under WORK_DIR/SHOW_DIR (mmdet: '
+                        'WORK_DIR/TIMESTAMP/SHOW_DIR); an absolute path is used as is')
     parser.add_argument('--out', help='dump raw predictions to this pickle file')
     parser.add_argument('--dump-metrics', help='write the final metrics to this JSON file')
     return parser.parse_args()
@@ -33,8 +35,8 @@ def enable_drawing(cfg, show_dir):
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise SystemExit('--show-dir needs a "visualization" hook in default_hooks')
-    if hook['type'] == 'VisualizationHook':  # mmpretrain
-        hook.update(enable=True, out_dir=show_dir)
+    if hook['type'] == 'VisualizationHook':  # mmpretrain: under WORK_DIR/SHOW_DIR
+        hook.update(enable=True, interval=1, out_dir=osp.join(cfg.work_dir, show_dir))
     elif hook['type'] == 'SegVisualizationHook':  # saves through the visualizer
         hook.update(draw=True, interval=1)
         cfg.visualizer['save_dir'] = osp.join(cfg.work_dir, show_dir)
@@ -49,23 +51,6 @@ def enable_tta(cfg):
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
-def check_checkpoint_fits(model, checkpoint):
-    """Fail with the mismatched keys instead of evaluating a half-loaded model."""
-    from asmlp_mm.compat import CheckpointError, load_local_checkpoint
-    from asmlp_mm.engine import describe_mismatches, state_dict_mismatches
-    try:
-        loaded = load_local_checkpoint(checkpoint, map_location='cpu')
-    except CheckpointError as err:
-        raise SystemExit(str(err))
-    state = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict):
-        raise SystemExit(f'checkpoint {checkpoint!r} holds no state dict')
-    problems = state_dict_mismatches(model.state_dict(), state)
-    if problems:
-        raise SystemExit(describe_mismatches(checkpoint, problems,
-                                             f'the model of this config ({type(model).__name__})'))
-
-
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
@@ -77,12 +62,15 @@ def main():
     if args.tta:
         enable_tta(cfg)
     runner = Runner.from_cfg(cfg)
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    check_checkpoint_fits(model.module if args.tta else model, args.checkpoint)
+    # fail with the mismatched keys instead of evaluating a half-loaded model
+    runner.register_hook(CheckpointFitsHook(), priority='VERY_HIGH')
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except (CheckpointError, CheckpointMismatchError) as err:
+        raise SystemExit(str(err))
     if args.dump_metrics:
         with open(args.dump_metrics, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()

@@ -4,7 +4,8 @@ mmengine writes a checkpoint by opening the final path and writing into it, so a
 killed during the save leaves a truncated file that ``last_checkpoint`` may already name
 (or that ``--resume`` finds). Here every local write goes to a temporary file in the same
 folder and is renamed over the target only once complete, and resuming picks the newest
-checkpoint that actually loads.
+checkpoint that actually loads. :class:`CheckpointFitsHook` refuses, as it is loaded, a
+checkpoint that does not fit the model.
 """
 import fnmatch
 import glob
@@ -15,6 +16,8 @@ import tempfile
 from typing import List, Optional
 
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import Hook
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -103,3 +106,34 @@ def describe_mismatches(source: str, problems: List[str], what: str, limit: int 
     more = f'\n  ... and {len(problems) - limit} more' if len(problems) > limit else ''
     return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)\n'
             f'  {shown}{more}')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose weights do not fit the model it is loaded into."""
+
+
+class CheckpointFitsHook(Hook):
+    """Refuses a checkpoint that does not fit the model, when the runner loads it.
+
+    The runner loads ``load_from`` non-strictly: a checkpoint of another arch or config
+    only logs warnings, and testing then evaluates a partly initialized model. This hook
+    sees the checkpoint once the runner has read it and before it goes into the model
+    (``after_load_checkpoint``, so the file is read once) and raises
+    :class:`CheckpointMismatchError` listing the missing, unexpected and mis-shaped keys.
+    Register it with ``runner.register_hook(CheckpointFitsHook(), 'VERY_HIGH')``.
+    """
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if isinstance(model, BaseTTAModel):  # test-time aug wraps the model of the config
+            model = model.module
+        source = runner.cfg.get('load_from')
+        state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) \
+            else None
+        if not isinstance(state, dict):
+            raise CheckpointMismatchError(f'checkpoint {source!r} holds no state dict')
+        state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
+        problems = state_dict_mismatches(model.state_dict(), state)
+        if problems:
+            raise CheckpointMismatchError(describe_mismatches(
+                source, problems, f'the model of this config ({type(model).__name__})'))
