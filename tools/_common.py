@@ -44,3 +44,15 @@ def load_config(args) -> Config:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     compat.adapt_to_device(cfg)
     return cfg
+
+
+def shutdown_distributed():
+    """Destroy the process group, if any, before the interpreter exits.
+
+    mmengine never does: gloo's worker threads then may abort a finished process at exit
+    ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489),
+    and the launcher reports the whole run as failed.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -10,7 +10,7 @@ import argparse
 import json
 import os.path as osp
 
-from _common import add_common_args, load_config
+from _common import add_common_args, load_config, shutdown_distributed
 from asmlp_mm.compat import CheckpointError
 from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
 from mmengine.config import ConfigDict
@@ -71,6 +71,8 @@ def main():
         metrics = runner.test()
     except (CheckpointError, CheckpointMismatchError) as err:
         raise SystemExit(str(err))
+    finally:
+        shutdown_distributed()
     if args.dump_metrics:
         with open(args.dump_metrics, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()

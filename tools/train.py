@@ -5,7 +5,7 @@
 """
 import argparse
 
-from _common import add_common_args, load_config
+from _common import add_common_args, load_config, shutdown_distributed
 from mmengine.runner import Runner
 
 
@@ -44,7 +44,10 @@ def main():
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', {})['enable'] = True
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == '__main__':
