@@ -2,14 +2,16 @@
 import json
 import os
 import os.path as osp
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import free_port, run_tool
 
 from asmlp_mm.compat import GlooSyncBatchNorm
 from asmlp_mm.datasets import make_classification_folder
@@ -120,3 +122,70 @@ def test_two_process_training_with_syncbn_heads(tmp_path, config, make_options):
     assert 'Distributed training: True' in log
     state = torch.load(work / checkpoint, weights_only=False)['state_dict']
     assert any(k.endswith('running_mean') and 'head' in k for k in state)
+
+
+def coco_test_options(root):
+    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    make_coco_dataset(root, num_train=1, num_val=3, size=64)
+    root = root.rstrip('/') + '/'
+    return [f'test_dataloader.dataset.data_root={root}',
+            f'test_evaluator.ann_file={annotation_file(root, "val")}']
+
+
+def ade_test_options(root):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    make_ade_dataset(root, num_train=1, num_val=3)
+    return [f'test_dataloader.dataset.data_root={root}']
+
+
+def assert_same_predictions(one, two, where='predictions'):
+    """Nested dicts/lists of tensors, arrays, masks and plain values are equal (floats
+    within float32 rounding)."""
+    assert type(one) is type(two), where
+    if isinstance(one, dict):
+        assert one.keys() == two.keys(), where
+        for key in one:
+            assert_same_predictions(one[key], two[key], f'{where}.{key}')
+    elif isinstance(one, (list, tuple)):
+        assert len(one) == len(two), where
+        for i, (a, b) in enumerate(zip(one, two)):
+            assert_same_predictions(a, b, f'{where}[{i}]')
+    elif hasattr(one, 'to_ndarray'):  # mmdet's BitmapMasks / PolygonMasks
+        np.testing.assert_array_equal(one.to_ndarray(), two.to_ndarray(), err_msg=where)
+    elif isinstance(one, (torch.Tensor, np.ndarray)):
+        torch.testing.assert_close(torch.as_tensor(one), torch.as_tensor(two), rtol=1e-5,
+                                   atol=1e-5, msg=where)
+    else:
+        assert one == two, where
+
+
+@pytest.mark.parametrize('config,make_options', [
+    ('cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py', coco_test_options),
+    ('upernet_asmlp-demo_shapes-ade.py', ade_test_options),
+], ids=['det', 'seg'])
+def test_two_process_test_equals_one_process(tmp_path, config, make_options):
+    """tools/dist_test.sh with 2 gloo processes gives the metrics and the predictions of
+    one process: 3 images, so one rank also gets a padding sample that must be dropped."""
+    from asmlp_mm.analysis import save_initial_weights
+    config = osp.join(ROOT, 'configs', 'demo', config)
+    options = ['--cfg-options', 'test_dataloader.batch_size=1',
+               *make_options(str(tmp_path / 'data'))]
+    checkpoint = str(tmp_path / 'init.pth')
+    save_initial_weights(config, checkpoint)
+    work = tmp_path / 'work'
+    launch('dist_test.sh', config, checkpoint, '2', '--work-dir', str(work),
+           '--dump-metrics', str(tmp_path / 'two.json'), '--out', str(tmp_path / 'two.pkl'),
+           *options)
+    run_tool(osp.join(ROOT, 'tools', 'test.py'), config, checkpoint, '--work-dir', work,
+             '--dump-metrics', tmp_path / 'one.json', '--out', tmp_path / 'one.pkl',
+             *options, cwd=tmp_path, threads=1)
+    one = json.loads((tmp_path / 'one.json').read_text())
+    two = json.loads((tmp_path / 'two.json').read_text())
+    assert one and one.keys() == two.keys()
+    assert two == pytest.approx(one, abs=1e-6)
+    with open(tmp_path / 'one.pkl', 'rb') as f:
+        one_predictions = pickle.load(f)
+    with open(tmp_path / 'two.pkl', 'rb') as f:
+        two_predictions = pickle.load(f)
+    assert len(one_predictions) == 3
+    assert_same_predictions(one_predictions, two_predictions)
