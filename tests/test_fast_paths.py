@@ -131,6 +131,28 @@ def test_inference_matches_reference(padding, dilation, connection):
     assert all(o.is_contiguous() for o in outs)
 
 
+@pytest.mark.parametrize('chunk_tokens,calls', [
+    (1, [5, 5, 5, 5, 5]),
+    # 21x37 input: 6x10 pixels after the embedding and in stage 0, 3x5, 2x3, 1x2 after
+    (40, [5, 5, 3, 1, 1]),
+    (10**9, [1, 1, 1, 1, 1]),
+])
+def test_chunked_inference_matches_reference(chunk_tokens, calls):
+    """CPU inference runs the embedding and the stages on groups of images."""
+    model = randomize(ASMLP(TINY, out_indices=ALL_STAGES)).eval()
+    model.chunk_tokens = chunk_tokens
+    counts = [0] * 5
+    for i, module in enumerate([model.patch_embed, *model.stages]):
+        module.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+    x = torch.randn(5, 3, 21, 37)
+    with torch.no_grad():
+        outs = model(x)
+        refs = reference_forward(model, x)
+    assert counts == calls
+    assert_outputs_close(outs, refs)
+    assert all(o.is_contiguous() for o in outs)
+
+
 @pytest.mark.parametrize('padding,connection', [('zero', 'parallel'), ('reflect', 'serial'),
                                                 ('circular', 'parallel')])
 def test_training_outputs_and_gradients_match_reference(padding, connection):

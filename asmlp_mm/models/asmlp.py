@@ -7,9 +7,15 @@ A four-stage pyramid of NCHW feature maps. Each block mixes tokens with the axia
 Fast path: on CPU (or for any channels-last input) the backbone runs in channels-last
 memory: every 1x1 convolution is then one matrix product over the NHWC view of its input
 (the (out, in, 1, 1) conv weight viewed as (out, in)), GroupNorm uses its channels-last
-kernel, and in inference the GELUs and residual additions write into tensors the block has
-just made instead of allocating new ones. The computation, the parameters and the
-state-dict layout are those of the plain NCHW modules.
+kernel, and the projections followed by a GELU are fused with it on CPU
+(:mod:`asmlp_mm.ops.pointwise`: one oneDNN product in inference; in training autograd
+functions that keep fewer and smaller tensors). In inference the GELUs and residual
+additions write into tensors the block has just made instead of allocating new ones, and
+the patch embedding and each stage run on a few images at a time (about
+:attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
+caches instead of streaming through memory; every op treats images independently, so the
+outputs do not change. The computation, the parameters and the state-dict layout are
+those of the plain NCHW modules.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence, Union
@@ -24,50 +30,14 @@ from mmengine.model import BaseModule, ModuleList
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import axial_shift, check_shift_args
+from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
+                             is_channels_last, is_traced, may_overwrite, pointwise_conv)
 
 CONNECTIONS = ('parallel', 'serial')
 
 
 def conv1x1(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1x1 convolution; on channels-last input, one matrix product over
-    the NHWC view of ``x`` with the conv weight viewed as (out, in)."""
-    if not is_channels_last(x):
-        return conv(x)
-    weight = conv.weight.reshape(conv.weight.shape[0], -1)
-    return F.linear(x.permute(0, 2, 3, 1), weight, conv.bias).permute(0, 3, 1, 2)
-
-
-def may_overwrite(x: torch.Tensor) -> bool:
-    """Whether an op may write its result into ``x`` (a tensor the caller has just made):
-    nothing records ``x`` for backward, and no tracer, compiler or exporter is watching."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return False
-    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling())
-
-
-def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``; a GELU writes into ``x`` when :func:`may_overwrite` allows."""
-    if type(act) is nn.GELU and may_overwrite(x):
-        return torch.ops.aten.gelu_(x, approximate=act.approximate)
-    return act(x)
-
-
-def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, written into ``fresh`` (a tensor the caller has just made and
-    that no backward needs) unless a tracer, compiler or exporter is watching."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
-            or torch.compiler.is_compiling():
-        return fresh + other
-    return fresh.add_(other)
 
 
 def residual(x: torch.Tensor, branch: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
@@ -92,6 +62,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))
     return x
+
+
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 4C, H/2, W/2) for even H and W: channel block ``2 * dw + dh``
+    holds the pixels at (row offset dh, column offset dw) of each 2x2 cell, i.e. the
+    sub-grids (0, 0), (1, 0), (0, 1), (1, 1). One copy, in the memory format of ``x`` (so
+    that in training the gradient also comes back in it)."""
+    n, c, h, w = x.shape
+    if is_channels_last(x):
+        cells = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
+        return cells.permute(0, 1, 3, 4, 2, 5).reshape(n, h // 2, w // 2, 4 * c) \
+            .permute(0, 3, 1, 2)
+    cells = x.reshape(n, c, h // 2, 2, w // 2, 2)
+    return cells.permute(0, 5, 3, 1, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
 
 
 class PatchEmbed(nn.Module):
@@ -124,10 +108,7 @@ class PatchMerging(nn.Module):
         self.reduction = conv1x1(4 * in_channels, out_channels, bias=False)
 
     def forward(self, x):
-        x = pad_to_multiple(x, 2)
-        x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2],
-                       x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], dim=1)
-        return pointwise_conv(self.reduction, self.norm(x))
+        return pointwise_conv(self.reduction, self.norm(space_to_depth(pad_to_multiple(x, 2))))
 
 
 class AxialShiftMixer(nn.Module):
@@ -172,9 +153,9 @@ class AxialShiftMixer(nn.Module):
 
     def forward(self, x):
         x = activate(self.act, self.norm_in(pointwise_conv(self.proj_in, x)))
-        x_w = activate(self.act, pointwise_conv(self.proj_w, self.shift(x, 3)))
+        x_w = conv_gelu(self.proj_w, self.act, self.shift(x, 3))
         x_h = x_w if self.serial else x
-        x_h = activate(self.act, pointwise_conv(self.proj_h, self.shift(x_h, 2)))
+        x_h = conv_gelu(self.proj_h, self.act, self.shift(x_h, 2))
         # the activation's output is needed by no backward: sum into it
         x = x_h if self.serial else add_into(x_w, x_h)
         return pointwise_conv(self.proj_out, self.norm_out(x))
@@ -193,7 +174,9 @@ class ChannelMLP(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
-        x = self.drop(activate(self.act, pointwise_conv(self.fc1, x)))
+        if self.drop.p == 0:
+            return channel_mlp(self.fc1, self.act, self.fc2, x)
+        x = self.drop(conv_gelu(self.fc1, self.act, x))
         return self.drop(pointwise_conv(self.fc2, x))
 
 
@@ -278,6 +261,9 @@ class ASMLP(BaseModule):
             'embed_dims': 128, 'depths': [2, 2, 18, 2], 'drop_path_rate': 0.5}),
     }
     num_stages = 4
+    #: CPU inference runs the patch embedding and each stage on groups of images of about
+    #: this many output tokens (pixels) at a time (see :meth:`forward`).
+    chunk_tokens = CACHE_ROWS
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -447,15 +433,29 @@ class ASMLP(BaseModule):
                     m.eval()
         return self
 
+    def _embed(self, x):
+        return self.drop_after_embed(self.patch_embed(x))
+
+    def _chunked(self, fn, x, stride: int):
+        """``fn(x)`` for an ``fn`` that treats every image on its own and reduces the size
+        by ``stride``. In CPU inference, ``fn`` runs on groups of images of about
+        :attr:`chunk_tokens` output pixels, whose outputs are then concatenated."""
+        tokens = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
+        per_chunk = max(1, self.chunk_tokens // tokens)
+        if per_chunk >= x.shape[0] or self.training or x.device.type != 'cpu' \
+                or is_traced():
+            return fn(x)
+        return torch.cat([fn(part) for part in x.split(per_chunk)])
+
     def forward(self, x):
         # channels-last inside (see the module docstring); outputs in the input's format
         keep_channels_last = is_channels_last(x) and not x.is_contiguous()
         if x.device.type == 'cpu' or keep_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.drop_after_embed(self.patch_embed(x))
+        x = self._chunked(self._embed, x, self.patch_embed.patch_size)
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x = self._chunked(stage, x, 1 if i == 0 else 2)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out if keep_channels_last else out.contiguous())

@@ -1,0 +1,250 @@
+"""1x1 convolutions of AS-MLP's fast path, on channels-last tensors.
+
+On a channels-last (N, C, H, W) tensor a 1x1 convolution is one matrix product over the
+N*H*W rows of its NHWC view, with the (out, in, 1, 1) weight viewed as (out, in): no layout
+conversions, and the matrix library's kernels. On top of that, the GELU that follows most
+of AS-MLP's projections is fused with them where it saves passes over memory:
+
+- :func:`conv_gelu`: ``gelu(conv(x))``. In inference one oneDNN matrix product applies the
+  GELU as it writes its output; in training (train mode, recording a graph) the GELU's
+  gradient is written into the saved pre-activation instead of a new tensor.
+- :func:`channel_mlp`: ``conv2(gelu(conv1(x)))`` in training. The hidden activation (4x
+  the input) is made a block of rows at a time, each block small enough to stay in the
+  CPU caches, and is not kept for backward: backward makes it again from the saved
+  pre-activation, block by block. Fewer and smaller fresh tensors (each fresh page costs a
+  page fault), and a smaller peak memory.
+
+The training functions overwrite what they saved as their backward runs, so they allow
+one backward per forward (a second one raises an error); models in eval mode, e.g. in
+gradient-based analysis tools, take the plain modules. Everything here computes what the
+plain modules compute (the same ops; only the order in which a few weight gradients are
+summed differs). Tracers, exporters and compilers, and
+autocast, get the plain modules; so does everything inside :func:`no_fusion`.
+"""
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+#: Rows (pixels) of a block that stays in the CPU caches: 4096 rows of a 4x-wide hidden
+#: activation of 96 channels are 6 MB. Used by :func:`channel_mlp` and by the chunked
+#: inference of :class:`~asmlp_mm.models.ASMLP`.
+CACHE_ROWS = 4096
+
+
+_FUSION = [True]
+
+
+@contextmanager
+def no_fusion():
+    """Within this context the fused paths are off and the plain modules run (e.g. for
+    a second backward through the same graph, which the fused functions refuse)."""
+    _FUSION.append(False)
+    try:
+        yield
+    finally:
+        _FUSION.pop()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def is_traced() -> bool:
+    """Whether a tracer, compiler or exporter is recording the computation."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
+def may_overwrite(x: torch.Tensor) -> bool:
+    """Whether an op may write its result into ``x`` (a tensor the caller has just made):
+    nothing records ``x`` for backward, and no tracer, compiler or exporter is watching."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return False
+    return not is_traced()
+
+
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; a GELU writes into ``x`` when :func:`may_overwrite` allows."""
+    if type(act) is nn.GELU and may_overwrite(x):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (a tensor the caller has just made and
+    that no backward needs) unless a tracer, compiler or exporter is watching."""
+    if is_traced():
+        return fresh + other
+    return fresh.add_(other)
+
+
+def _matrix(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.weight.reshape(conv.weight.shape[0], -1)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """The (N*H*W, C) rows of a channels-last tensor (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N*H*W, C') rows back to a channels-last (N, C', H, W) tensor (a view)."""
+    n, _, h, w = like.shape
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution; on channels-last input, one matrix product over
+    the NHWC view of ``x`` with the conv weight viewed as (out, in)."""
+    if not is_channels_last(x):
+        return conv(x)
+    return F.linear(x.permute(0, 2, 3, 1), _matrix(conv), conv.bias).permute(0, 3, 1, 2)
+
+
+def _oneDNN_linear_pointwise():
+    """oneDNN's linear with an activation applied as it writes its output (the op behind
+    inductor's CPU fusions), or ``None`` where this PyTorch build has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+LINEAR_POINTWISE = _oneDNN_linear_pointwise()
+
+
+def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
+    """Whether the fused CPU paths apply: a GELU, channels-last CPU input of the weights'
+    dtype, no autocast, no tracer."""
+    return (_FUSION[-1] and type(act) is nn.GELU and x.device.type == 'cpu'
+            and is_channels_last(x)
+            and all(c.weight.dtype == x.dtype for c in convs)
+            and not torch.is_autocast_enabled('cpu') and not is_traced())
+
+
+def _records_grad(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for c in convs for p in c.parameters()))
+
+
+def _fused_training(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
+    """Whether the fused autograd functions run: in training mode (one backward per
+    forward, as a training step does) with a graph being recorded. Gradients of a model in
+    eval mode (analysis tools, which may run backward twice) take the plain modules."""
+    return all(c.training for c in convs) and _records_grad(x, *convs)
+
+
+def _once(ctx, what: str) -> None:
+    """Backward of the functions below overwrites what they saved: refuse a second one."""
+    if ctx.spent:
+        raise RuntimeError(f'the backward of AS-MLP\'s fused {what} overwrites its saved '
+                           'tensors and runs once per forward; for a second backward '
+                           '(retain_graph=True), run the forward inside '
+                           'asmlp_mm.ops.no_fusion()')
+    ctx.spent = True
+
+
+class _LinearGELU(torch.autograd.Function):
+    """``gelu(x @ weight.T + bias)`` for 2-D ``x``; backward writes the GELU's gradient
+    into the saved pre-activation, which nothing else holds."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, approximate):
+        pre = torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
+        ctx.save_for_backward(x, weight, pre)
+        ctx.approximate, ctx.spent = approximate, False
+        ctx.has_bias = bias is not None
+        return F.gelu(pre, approximate=approximate)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        _once(ctx, 'linear + GELU')
+        x, weight, pre = ctx.saved_tensors
+        grad_pre = torch.ops.aten.gelu_backward.grad_input(
+            grad, pre, approximate=ctx.approximate, grad_input=pre)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        return (grad_pre.mm(weight) if need_x else None,
+                grad_pre.t().mm(x) if need_w else None,
+                grad_pre.sum(0) if need_b and ctx.has_bias else None, None)
+
+
+def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(conv(x))`` for a 1x1 convolution, fused on channels-last CPU input when
+    ``act`` is a GELU (see the module docstring); otherwise :func:`pointwise_conv` and
+    :func:`activate`."""
+    if not _fusable(x, act, conv):
+        return activate(act, pointwise_conv(conv, x))
+    if _fused_training(x, conv):
+        out = _LinearGELU.apply(_rows(x), _matrix(conv), conv.bias, act.approximate)
+        return _from_rows(out, x)
+    if _records_grad(x, conv) or LINEAR_POINTWISE is None \
+            or x.dtype not in (torch.float32, torch.bfloat16):
+        return activate(act, pointwise_conv(conv, x))
+    algorithm = 'tanh' if act.approximate == 'tanh' else 'none'
+    out = LINEAR_POINTWISE(x.permute(0, 2, 3, 1), _matrix(conv), conv.bias, 'gelu', [],
+                           algorithm)
+    return out.permute(0, 3, 1, 2)
+
+
+def _addmm(bias, x, weight_t, out=None):
+    if bias is None:
+        return torch.mm(x, weight_t, out=out)
+    return torch.addmm(bias, x, weight_t, out=out)
+
+
+class _ChannelMLP(torch.autograd.Function):
+    """``gelu(x @ w1.T + b1) @ w2.T + b2`` for 2-D ``x``, the hidden activation made
+    ``rows`` rows at a time and made again in backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, approximate, rows):
+        pre = _addmm(b1, x, w1.t())
+        out = x.new_empty(x.shape[0], w2.shape[0])
+        for start in range(0, x.shape[0], rows):
+            hidden = F.gelu(pre[start:start + rows], approximate=approximate)
+            _addmm(b2, hidden, w2.t(), out=out[start:start + rows])
+        ctx.save_for_backward(x, w1, w2, pre)
+        ctx.approximate, ctx.rows, ctx.spent = approximate, rows, False
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        _once(ctx, 'MLP')
+        x, w1, w2, pre = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        grad_w2 = torch.zeros_like(w2) if need_w2 else None
+        for start in range(0, x.shape[0], ctx.rows):
+            block_pre = pre[start:start + ctx.rows]
+            block_grad = grad[start:start + ctx.rows]
+            if need_w2:
+                hidden = F.gelu(block_pre, approximate=ctx.approximate)
+                grad_w2.addmm_(block_grad.t(), hidden)
+            torch.ops.aten.gelu_backward.grad_input(
+                block_grad.mm(w2), block_pre, approximate=ctx.approximate,
+                grad_input=block_pre)
+        grad_pre = pre
+        return (grad_pre.mm(w1) if need_x else None,
+                grad_pre.t().mm(x) if need_w1 else None,
+                grad_pre.sum(0) if need_b1 and ctx.has_bias[0] else None,
+                grad_w2,
+                grad.sum(0) if need_b2 and ctx.has_bias[1] else None, None, None)
+
+
+def channel_mlp(fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, x: torch.Tensor,
+                rows: int = CACHE_ROWS) -> torch.Tensor:
+    """``fc2(act(fc1(x)))`` for 1x1 convolutions; in training on channels-last CPU input
+    with a GELU, :class:`_ChannelMLP` with blocks of ``rows`` rows."""
+    if _fusable(x, act, fc1, fc2) and _fused_training(x, fc1, fc2):
+        out = _ChannelMLP.apply(_rows(x), _matrix(fc1), fc1.bias, _matrix(fc2), fc2.bias,
+                                act.approximate, rows)
+        return _from_rows(out, x)
+    return pointwise_conv(fc2, conv_gelu(fc1, act, x))

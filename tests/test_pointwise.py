@@ -1,0 +1,120 @@
+"""The fused 1x1-convolution paths (asmlp_mm.ops.pointwise) against plain autograd."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from asmlp_mm.ops import channel_mlp, conv_gelu, no_fusion
+
+
+def convs(*shapes, bias=True):
+    torch.manual_seed(0)
+    out = []
+    for c_in, c_out in shapes:
+        conv = nn.Conv2d(c_in, c_out, 1, bias=bias)
+        nn.init.normal_(conv.weight, std=0.3)
+        if bias:
+            nn.init.normal_(conv.bias, std=0.3)
+        out.append(conv)
+    return out
+
+
+def channels_last_input(*shape):
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def graph_nodes(tensor):
+    """Names of the autograd nodes ``tensor`` was made by."""
+    names, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo += [next_fn for next_fn, _ in node.next_functions]
+    return names
+
+
+def grads(outputs, inputs, seed=1):
+    torch.manual_seed(seed)
+    weight = torch.randn_like(outputs)
+    return torch.autograd.grad((outputs * weight).sum(), inputs)
+
+
+@pytest.mark.parametrize('rows', [1, 7, 60, 4096])
+@pytest.mark.parametrize('bias', [True, False])
+def test_channel_mlp_matches_plain_modules(rows, bias):
+    fc1, fc2 = convs((6, 24), (24, 6), bias=bias)
+    act = nn.GELU()
+    x = channels_last_input(2, 6, 5, 6)  # 60 rows: blocks of 1, 7 (uneven), 60, all
+    params = [x, *fc1.parameters(), *fc2.parameters()]
+    out = channel_mlp(fc1, act, fc2, x, rows=rows)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert '_ChannelMLPBackward' in graph_nodes(out)
+    ref = fc2(act(fc1(x)))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads(out, params), grads(ref, params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_mlp_with_frozen_weights_and_input_without_grad():
+    fc1, fc2 = convs((4, 16), (16, 4))
+    fc2.requires_grad_(False)
+    x = torch.randn(3, 4, 4, 5).contiguous(memory_format=torch.channels_last)
+    out = channel_mlp(fc1, nn.GELU(), fc2, x, rows=9)
+    ref = fc2(F.gelu(fc1(x)))
+    params = list(fc1.parameters())
+    for got, want in zip(grads(out, params), grads(ref, params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+def test_conv_gelu_training_and_inference_match_plain_modules(approximate):
+    conv, = convs((8, 12))
+    act = nn.GELU(approximate=approximate)
+    x = channels_last_input(2, 8, 3, 7)
+    out = conv_gelu(conv, act, x)
+    assert '_LinearGELUBackward' in graph_nodes(out)
+    ref = act(conv(x))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    params = [x, *conv.parameters()]
+    for got, want in zip(grads(out, params), grads(ref, params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the oneDNN fused product, when this build has oneDNN
+        torch.testing.assert_close(conv_gelu(conv, act, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_backward_refuses_to_run_twice_and_no_fusion_allows_it():
+    fc1, fc2 = convs((4, 16), (16, 4))
+    x = channels_last_input(1, 4, 3, 3)
+    out = channel_mlp(fc1, nn.GELU(), fc2, x).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match='runs once per forward.*no_fusion'):
+        out.backward()
+    out = conv_gelu(fc1, nn.GELU(), x).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match='runs once per forward'):
+        out.backward()
+    with no_fusion():
+        out = channel_mlp(fc1, nn.GELU(), fc2, x).sum()
+    first, = torch.autograd.grad(out, x, retain_graph=True)
+    second, = torch.autograd.grad(out, x)
+    torch.testing.assert_close(first, second)
+
+
+def test_plain_modules_where_no_fusion_applies():
+    fc1, fc2 = convs((4, 16), (16, 4))
+    relu = nn.ReLU()
+    x = channels_last_input(1, 4, 3, 3)
+    fc1.eval(), fc2.eval()  # gradients in eval mode: plain autograd, backward twice works
+    out = channel_mlp(fc1, nn.GELU(), fc2, x)
+    assert not {'_ChannelMLPBackward', '_LinearGELUBackward'} & graph_nodes(out)
+    torch.autograd.grad(out.sum(), x, retain_graph=True)
+    torch.autograd.grad(out.sum(), x)
+    fc1.train(), fc2.train()
+    assert torch.equal(channel_mlp(fc1, relu, fc2, x), fc2(relu(fc1(x))))
+    nchw = torch.randn(1, 4, 3, 3, requires_grad=True)  # not channels-last
+    assert 'ConvolutionBackward0' in graph_nodes(channel_mlp(fc1, nn.GELU(), fc2, nchw))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = channel_mlp(fc1, nn.GELU(), fc2, x)
+    assert out.dtype == torch.bfloat16
