@@ -74,28 +74,30 @@ def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
     out = torch.empty_like(x)
     length = x.shape[dim]
-    for c0, c1, shift in group_shifts(x.shape[1], shift_size, dilation):
+    groups = group_shifts(x.shape[1], shift_size, dilation)
+    if padding == 'zero':
+        # zero the bands that some group reads from outside, for all channels at once (2
+        # ops instead of 2 per group); each group's copy then overwrites what it reads
+        reach = min(max(abs(shift) for _, _, shift in groups), length)
+        if reach > 0:
+            out.narrow(dim, 0, reach).zero_()
+            out.narrow(dim, length - reach, reach).zero_()
+    for c0, c1, shift in groups:
         src = x[:, c0:c1]
         dst = out[:, c0:c1]
         lo, hi = _split_rows(length, shift)
         if hi > lo:
             dst.narrow(dim, lo, hi - lo).copy_(src.narrow(dim, lo + shift, hi - lo))
-        border = list(range(0, lo)) + list(range(hi, length))
-        if len(border) == 0:
+        if padding == 'zero' or (lo == 0 and hi == length):
             continue
-        if padding == 'zero':
-            if lo > 0:
-                dst.narrow(dim, 0, lo).zero_()
-            if hi < length:
-                dst.narrow(dim, hi, length - hi).zero_()
-        else:
-            index = border_source_index(length, [p + shift for p in border], padding)
-            rows = torch.tensor(index, dtype=torch.long, device=x.device)
-            picked = src.index_select(dim, rows)
-            if lo > 0:
-                dst.narrow(dim, 0, lo).copy_(picked.narrow(dim, 0, lo))
-            if hi < length:
-                dst.narrow(dim, hi, length - hi).copy_(picked.narrow(dim, lo, length - hi))
+        border = list(range(0, lo)) + list(range(hi, length))
+        index = border_source_index(length, [p + shift for p in border], padding)
+        rows = torch.tensor(index, dtype=torch.long, device=x.device)
+        picked = src.index_select(dim, rows)
+        if lo > 0:
+            dst.narrow(dim, 0, lo).copy_(picked.narrow(dim, 0, lo))
+        if hi < length:
+            dst.narrow(dim, hi, length - hi).copy_(picked.narrow(dim, lo, length - hi))
     return out
 
 

@@ -24,8 +24,9 @@ Side by side, in one process (``--compare``)::
 3. ``variants``: the same under channels-last memory and bf16/fp16 autocast;
 4. ``compile`` (opt in, slow to compile): the same with ``torch.compile``.
 
-Timed runs of the candidates are interleaved (run 1 of every model, then run 2, ...) so
-that load from other processes hits them alike; ratios from one run are what to compare.
+Timed runs of the models are interleaved (run 1 of every model, then run 2, ...) so that
+load from other processes hits them alike; the shift ops are timed in blocks of calls, in
+turn, three rounds (see :func:`time_blocks`). Ratios from one run are what to compare.
 Drop path is off in every model of ``--compare`` (the published model has none), so all
 three do the same computation.
 
@@ -81,6 +82,24 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, repeats:
             synchronize(device)
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
+    return times
+
+
+def time_blocks(fns: Dict[str, Callable[[], object]], warmup: int, repeats: int,
+                device: torch.device, rounds: int = 3) -> Dict[str, List[float]]:
+    """Seconds per call of every function, in blocks: each round calls every function
+    ``warmup`` times untimed, then ``repeats`` times timed, one function after the other.
+
+    For single ops, whose time depends on the allocator state that the previous call
+    left: interleaving an op with one that allocates and frees much more (pad/roll/cat)
+    makes it pay page faults for memory that the other released, which in a model, where
+    the same sizes recur, it does not."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            times[name] += time_interleaved({name: fn}, 0, repeats, device)[name]
     return times
 
 
@@ -352,7 +371,7 @@ def compare_shift(batch: int, repeats: int, device: torch.device) -> List[dict]:
             }
             for mode in ('fwd', 'fwd+bwd'):
                 fns = {name: _shift_call(op, t, mode) for name, (t, op) in ops.items()}
-                times = time_interleaved(fns, 2, repeats, device)
+                times = time_blocks(fns, 2, repeats, device)
                 ms = {name: median_ms(t) for name, t in times.items()}
                 results.append(dict(stage=stage, axis=axis, mode=mode, ms=ms))
                 rows.append([f'{stage} {axis} {mode}', f'{ms["clone"]:.2f}',
