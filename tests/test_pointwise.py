@@ -102,6 +102,32 @@ def test_fused_backward_refuses_to_run_twice_and_no_fusion_allows_it():
     torch.testing.assert_close(first, second)
 
 
+@pytest.mark.parametrize('train', [True, False])
+def test_fused_paths_under_bf16_autocast_match_autocast_modules(train):
+    fc1, fc2 = convs((8, 32), (32, 8))
+    act = nn.GELU()
+    fc1.train(train), fc2.train(train)
+    x = channels_last_input(2, 8, 6, 5)
+    params = [x, *fc1.parameters(), *fc2.parameters()]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = channel_mlp(fc1, act, fc2, x)
+        hidden = conv_gelu(fc1, act, x)
+        with no_fusion():
+            ref = channel_mlp(fc1, act, fc2, x)
+            ref_hidden = conv_gelu(fc1, act, x)
+    fused = {'_ChannelMLPBackward', '_LinearGELUBackward'}
+    assert bool(fused & graph_nodes(out)) == train and not fused & graph_nodes(ref)
+    assert out.dtype == hidden.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(hidden, ref_hidden, rtol=2e-2, atol=2e-2)
+    for got, want in zip(grads(out.float(), params), grads(ref.float(), params)):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # oneDNN, bf16
+        torch.testing.assert_close(conv_gelu(fc1, act, x), ref_hidden, rtol=2e-2,
+                                   atol=2e-2)
+
+
 def test_plain_modules_where_no_fusion_applies():
     fc1, fc2 = convs((4, 16), (16, 4))
     relu = nn.ReLU()
@@ -115,6 +141,3 @@ def test_plain_modules_where_no_fusion_applies():
     assert torch.equal(channel_mlp(fc1, relu, fc2, x), fc2(relu(fc1(x))))
     nchw = torch.randn(1, 4, 3, 3, requires_grad=True)  # not channels-last
     assert 'ConvolutionBackward0' in graph_nodes(channel_mlp(fc1, nn.GELU(), fc2, nchw))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = channel_mlp(fc1, nn.GELU(), fc2, x)
-    assert out.dtype == torch.bfloat16

@@ -18,8 +18,10 @@ The training functions overwrite what they saved as their backward runs, so they
 one backward per forward (a second one raises an error); models in eval mode, e.g. in
 gradient-based analysis tools, take the plain modules. Everything here computes what the
 plain modules compute (the same ops; only the order in which a few weight gradients are
-summed differs). Tracers, exporters and compilers, and
-autocast, get the plain modules; so does everything inside :func:`no_fusion`.
+summed differs). In an autocast region they compute in autocast's dtype, as ``F.linear``
+does there (in inference the GELU then acts before the rounding to that dtype). Tracers,
+exporters and compilers get the plain modules, and so does everything inside
+:func:`no_fusion`.
 """
 from contextlib import contextmanager
 
@@ -118,13 +120,28 @@ def _oneDNN_linear_pointwise():
 LINEAR_POINTWISE = _oneDNN_linear_pointwise()
 
 
+def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> torch.dtype:
+    """The dtype a 1x1 convolution of ``x`` runs in: autocast's in an autocast region
+    (as ``F.linear`` there), else that of ``x`` and the weight (which must agree)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype if conv.weight.dtype == x.dtype else None
+
+
 def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
-    """Whether the fused CPU paths apply: a GELU, channels-last CPU input of the weights'
-    dtype, no autocast, no tracer."""
+    """Whether the fused CPU paths apply: a GELU, channels-last float32 or bfloat16 CPU
+    input (or autocast to one of them), no tracer."""
     return (_FUSION[-1] and type(act) is nn.GELU and x.device.type == 'cpu'
             and is_channels_last(x)
-            and all(c.weight.dtype == x.dtype for c in convs)
-            and not torch.is_autocast_enabled('cpu') and not is_traced())
+            and all(compute_dtype(x, c) in (torch.float32, torch.bfloat16) for c in convs)
+            and not is_traced())
+
+
+def _operands(conv: nn.Conv2d, dtype: torch.dtype):
+    """The weight as an (out, in) matrix and the bias, in ``dtype`` (differentiable casts,
+    as autocast makes them)."""
+    bias = conv.bias.to(dtype) if conv.bias is not None else None
+    return _matrix(conv).to(dtype), bias
 
 
 def _records_grad(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
@@ -180,15 +197,18 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     :func:`activate`."""
     if not _fusable(x, act, conv):
         return activate(act, pointwise_conv(conv, x))
-    if _fused_training(x, conv):
-        out = _LinearGELU.apply(_rows(x), _matrix(conv), conv.bias, act.approximate)
-        return _from_rows(out, x)
-    if _records_grad(x, conv) or LINEAR_POINTWISE is None \
-            or x.dtype not in (torch.float32, torch.bfloat16):
+    training = _fused_training(x, conv)
+    if not training and (_records_grad(x, conv) or LINEAR_POINTWISE is None):
         return activate(act, pointwise_conv(conv, x))
-    algorithm = 'tanh' if act.approximate == 'tanh' else 'none'
-    out = LINEAR_POINTWISE(x.permute(0, 2, 3, 1), _matrix(conv), conv.bias, 'gelu', [],
-                           algorithm)
+    dtype = compute_dtype(x, conv)
+    weight, bias = _operands(conv, dtype)
+    with torch.autocast('cpu', enabled=False):
+        if training:
+            out = _LinearGELU.apply(_rows(x.to(dtype)), weight, bias, act.approximate)
+            return _from_rows(out, x)
+        algorithm = 'tanh' if act.approximate == 'tanh' else 'none'
+        out = LINEAR_POINTWISE(x.to(dtype).permute(0, 2, 3, 1), weight, bias, 'gelu', [],
+                               algorithm)
     return out.permute(0, 3, 1, 2)
 
 
@@ -244,7 +264,9 @@ def channel_mlp(fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, x: torch.Tensor,
     """``fc2(act(fc1(x)))`` for 1x1 convolutions; in training on channels-last CPU input
     with a GELU, :class:`_ChannelMLP` with blocks of ``rows`` rows."""
     if _fusable(x, act, fc1, fc2) and _fused_training(x, fc1, fc2):
-        out = _ChannelMLP.apply(_rows(x), _matrix(fc1), fc1.bias, _matrix(fc2), fc2.bias,
-                                act.approximate, rows)
+        dtype = compute_dtype(x, fc1)
+        with torch.autocast('cpu', enabled=False):
+            out = _ChannelMLP.apply(_rows(x.to(dtype)), *_operands(fc1, dtype),
+                                    *_operands(fc2, dtype), act.approximate, rows)
         return _from_rows(out, x)
     return pointwise_conv(fc2, conv_gelu(fc1, act, x))
