@@ -166,13 +166,19 @@ def _once(ctx, what: str) -> None:
     ctx.spent = True
 
 
+def _addmm(bias, x, weight_t, out=None):
+    if bias is None:
+        return torch.mm(x, weight_t, out=out)
+    return torch.addmm(bias, x, weight_t, out=out)
+
+
 class _LinearGELU(torch.autograd.Function):
     """``gelu(x @ weight.T + bias)`` for 2-D ``x``; backward writes the GELU's gradient
     into the saved pre-activation, which nothing else holds."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, approximate):
-        pre = torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
+        pre = _addmm(bias, x, weight.t())
         ctx.save_for_backward(x, weight, pre)
         ctx.approximate, ctx.spent = approximate, False
         ctx.has_bias = bias is not None
@@ -210,12 +216,6 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = LINEAR_POINTWISE(x.to(dtype).permute(0, 2, 3, 1), weight, bias, 'gelu', [],
                                algorithm)
     return out.permute(0, 3, 1, 2)
-
-
-def _addmm(bias, x, weight_t, out=None):
-    if bias is None:
-        return torch.mm(x, weight_t, out=out)
-    return torch.addmm(bias, x, weight_t, out=out)
 
 
 class _ChannelMLP(torch.autograd.Function):
