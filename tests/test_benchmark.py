@@ -1,0 +1,55 @@
+"""tools/analysis/benchmark.py runs and reports; no timing is asserted."""
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+
+import benchmark  # noqa: E402
+
+CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+
+
+def recorder(calls, name):
+    return lambda: calls.append(name)
+
+
+def test_interleaved_and_block_timing_call_orders():
+    calls = []
+    fns = {'a': recorder(calls, 'a'), 'b': recorder(calls, 'b')}
+    times = benchmark.time_interleaved(fns, 1, 2, benchmark.torch.device('cpu'))
+    assert calls == ['a', 'b'] * 3
+    assert {k: len(v) for k, v in times.items()} == {'a': 2, 'b': 2}
+    calls.clear()
+    times = benchmark.time_blocks(fns, 1, 2, benchmark.torch.device('cpu'), rounds=2)
+    assert calls == (['a'] * 3 + ['b'] * 3) * 2
+    assert {k: len(v) for k, v in times.items()} == {'a': 4, 'b': 4}
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match='repeats'):
+        benchmark.time_interleaved(fns, 0, 0, benchmark.torch.device('cpu'))
+
+
+def test_one_config_reports_throughput_and_memory(capsys):
+    result = benchmark.main([CLS_DEMO, '--batch', '2', '--shape', '40', '48', '--warmup',
+                             '0', '--repeats', '1'])
+    assert result['shape'] == [40, 48] and result['batch'] == 2
+    for mode in ('infer', 'train'):
+        assert result[mode]['img_s'] > 0 and len(result[mode]['runs_ms']) == 1
+        assert result[mode]['peak_mb'] > 0
+    assert 'img/s' in capsys.readouterr().out
+
+
+def test_compare_models_hold_the_same_weights(capsys):
+    """The published-way model of --compare computes our logits (same weights), and the
+    shift section covers both stages and axes."""
+    result = benchmark.main(['--compare', '--sections', 'shift', 'models', '--batch', '1',
+                             '--repeats', '1'])
+    assert result['max_abs_diff'] < 1e-4
+    cases = {(r['stage'], r['axis'], r['mode']) for r in result['shift']}
+    assert len(cases) == 8
+    names = [r['model'] for r in result['models']['fp32']]
+    assert names == ['AS-MLP-T (ours)', 'AS-MLP-T (published way)', 'Swin-T (mmpretrain)']
+    out = capsys.readouterr().out
+    assert 'ratio ours / AS-MLP-T (published way)' in out and 'roll/ours' in out
