@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -373,6 +374,14 @@ def test_odd_images_through_the_segmentation_demo(tmp_path):
                 pred, = model.test_step(pseudo_collate([sample]))
             assert pred.pred_sem_seg.shape == (h, w), stem
             assert int(pred.pred_sem_seg.data.max()) < 3
+
+
+@pytest.mark.parametrize('config,missing', [
+    (DET_DEMO, 'annotations/instances_train.json'), (SEG_DEMO, 'images/training')])
+def test_missing_detection_and_segmentation_folders_are_reported(tmp_path, config, missing):
+    nowhere = tmp_path / 'nowhere'
+    with pytest.raises(FileNotFoundError, match=re.escape(str(nowhere / missing))):
+        build_dataset(config, 'train_dataloader', data_root=str(nowhere))
 
 
 def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path):
