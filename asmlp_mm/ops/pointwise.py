@@ -24,6 +24,7 @@ exporters and compilers get the plain modules, and so does everything inside
 :func:`no_fusion`.
 """
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -120,9 +121,10 @@ def _oneDNN_linear_pointwise():
 LINEAR_POINTWISE = _oneDNN_linear_pointwise()
 
 
-def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> torch.dtype:
+def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> Optional[torch.dtype]:
     """The dtype a 1x1 convolution of ``x`` runs in: autocast's in an autocast region
-    (as ``F.linear`` there), else that of ``x`` and the weight (which must agree)."""
+    (as ``F.linear`` there), else that of ``x`` and the weight; ``None`` where these
+    differ."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype if conv.weight.dtype == x.dtype else None
