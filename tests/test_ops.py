@@ -4,7 +4,16 @@ import math
 import pytest
 import torch
 
-from asmlp_mm.ops import PADDING_MODES, axial_shift
+from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel
+
+
+@pytest.fixture(autouse=True, params=['kernel', 'pytorch'])
+def shift_path(request):
+    """Every test here runs twice: with the compiled CPU kernel and with the PyTorch path."""
+    if request.param == 'kernel':
+        assert cpu_kernel.available(), 'the CPU kernel of the axial shift was not built'
+    with cpu_kernel.use_cpu_kernel(request.param == 'kernel'):
+        yield request.param
 
 
 def source_index(i, length, mode):
@@ -133,3 +142,4 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         axial_shift(torch.zeros(1, 5, 4, 4), **args)
+

@@ -9,16 +9,22 @@ moved along one spatial axis by ``s_g = (shift_size // 2 - g) * dilation`` pixel
 so group 0 moves its content up (or left). Reads that fall outside the image come from the
 padding mode. For ``dilation=1`` and zero padding this is exactly the published CUDA kernel.
 
-The implementation copies contiguous slices straight into the output (one copy per group
-plus the few border rows), instead of the published CPU path (pad, chunk, roll, concatenate,
-narrow), which makes several full passes over the tensor. Under autograd a custom function
-runs the exact adjoint in backward (the opposite shift, plus the border rows folded back in
-for non-zero padding), so no intermediate tensors are kept.
+The output is written in one pass, instead of the published CPU path (pad, chunk, roll,
+concatenate, narrow), which makes several full passes over the tensor. On CPU a compiled
+kernel (:mod:`.cpu_kernel`) does the pass; elsewhere, and where the kernel is off or cannot
+be built, contiguous slices are copied straight into the output (one copy per group plus
+the few border rows). Under autograd a custom function runs the exact adjoint in backward
+(the opposite shift, plus the border rows folded back in for non-zero padding), so no
+intermediate tensors are kept.
 """
+import functools
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
+
+from . import cpu_kernel
+from .pointwise import is_traced
 
 PADDING_MODES = ('zero', 'replicate', 'reflect', 'circular')
 
@@ -70,8 +76,42 @@ def _split_rows(length: int, shift: int) -> Tuple[int, int]:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=1024)
+def gather_plan(channels: int, length: int, shift_size: int, dilation: int, padding: str,
+                adjoint: bool = False) -> Tuple[Tuple[int, ...], Tuple[int, ...],
+                                                Tuple[int, ...]]:
+    """The shift as the CPU kernel takes it: the end channel and shift of every group, and
+    for every group and output position the input position it reads (-1: zero).
+
+    ``adjoint=True`` gives the transpose of a zero-padded shift, which is the opposite
+    shift with zero padding (other padding modes have no such form)."""
+    ends, shifts, index = [], [], []
+    for _, end, shift in group_shifts(channels, shift_size, dilation):
+        shift = -shift if adjoint else shift
+        lo, hi = _split_rows(length, shift)
+        border = border_source_index(length, [p + shift for p in range(length)], padding) \
+            if padding != 'zero' else [-1] * length
+        ends.append(end)
+        shifts.append(shift)
+        index.extend(p + shift if lo <= p < hi else border[p] for p in range(length))
+    return tuple(ends), tuple(shifts), tuple(index)
+
+
+def _use_kernel(x: Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.layout == torch.strided and not x.is_quantized
+            and x.element_size() in (1, 2, 4, 8) and not is_traced() and cpu_kernel.enabled())
+
+
+def _kernel_shift(x: Tensor, dim: int, shift_size: int, dilation: int, padding: str,
+                  adjoint: bool = False) -> Tensor:
+    plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
+    return torch.ops.asmlp_mm.axial_gather(x, dim, *plan)
+
+
 def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
+    if _use_kernel(x):
+        return _kernel_shift(x, dim, shift_size, dilation, padding)
     out = torch.empty_like(x)
     length = x.shape[dim]
     groups = group_shifts(x.shape[1], shift_size, dilation)
@@ -135,6 +175,8 @@ def _border_rows(src: Tensor, dim: int, index: List[int], padding: str) -> Tenso
 def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
     """Transpose of :func:`_shift_forward`: the gradient w.r.t. its input."""
+    if padding == 'zero' and _use_kernel(grad):
+        return _kernel_shift(grad, dim, shift_size, dilation, padding, adjoint=True)
     out = torch.zeros_like(grad) if padding != 'zero' else torch.empty_like(grad)
     length = grad.shape[dim]
     for c0, c1, shift in group_shifts(grad.shape[1], shift_size, dilation):

@@ -58,7 +58,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def is_traced() -> bool:
     """Whether a tracer, compiler or exporter is recording the computation."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 def may_overwrite(x: torch.Tensor) -> bool:

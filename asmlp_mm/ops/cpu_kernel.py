@@ -1,0 +1,101 @@
+"""The compiled CPU kernel of the axial shift (``csrc/axial_shift.cpp``).
+
+The kernel writes the shifted tensor in one parallel pass; the PyTorch path in
+:mod:`asmlp_mm.ops.axial_shift` needs one operator call per channel group and border, which
+dominates at the small spatial sizes of the late stages. ``torch.utils.cpp_extension``
+builds it on first use (about 10 s, once per machine, source and torch version) into
+torch's extension cache (``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
+later processes load the cached library. ``tools/install.sh`` builds it ahead.
+
+Where it cannot be built (no C++ compiler) the shift warns once and runs the PyTorch path,
+which gives the same results. ``ASMLP_MM_CPU_KERNEL=0`` turns the kernel off.
+"""
+import contextlib
+import logging
+import os
+import re
+import time
+import warnings
+from typing import Iterator
+
+import torch
+
+SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'axial_shift.cpp')
+ENV_SWITCH = 'ASMLP_MM_CPU_KERNEL'
+# -fno-tree-loop-distribute-patterns keeps the copy loops as vector loops instead of
+# memcpy calls (slower here: many small runs, and rep movsb on fresh pages); -fopenmp
+# makes at::parallel_for use torch's OpenMP threads (it runs serially without it).
+CFLAGS = ['-O3', '-fopenmp', '-fno-tree-loop-distribute-patterns']
+LDFLAGS = ['-fopenmp']
+# a build takes about 10 s; a build lock older than this was left by an interrupted one
+STALE_LOCK_S = 600
+
+_state = {'loaded': None, 'enabled': True}
+
+
+def available() -> bool:
+    """Whether the kernel is built and loaded (builds it on the first call)."""
+    if _state['loaded'] is None:
+        _state['loaded'] = _load()
+    return _state['loaded']
+
+
+def enabled() -> bool:
+    """Whether the axial shift should use the kernel for CPU tensors now."""
+    return _state['enabled'] and available()
+
+
+@contextlib.contextmanager
+def use_cpu_kernel(flag: bool) -> Iterator[None]:
+    """Turn the kernel on or off inside the block (to compare it with the PyTorch path)."""
+    before = _state['enabled']
+    _state['enabled'] = flag
+    try:
+        yield
+    finally:
+        _state['enabled'] = before
+
+
+def library_name() -> str:
+    """The extension's name: one build per torch version, as the C++ ABI may change."""
+    return 'asmlp_mm_axial_shift_' + re.sub(r'\W', '_', torch.__version__)
+
+
+def clear_stale_lock(build_dir: str, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock that an interrupted build left behind (torch would wait on it
+    forever); a lock younger than ``max_age_s`` belongs to a build that may be running."""
+    lock = os.path.join(build_dir, 'lock')
+    try:
+        if time.time() - os.path.getmtime(lock) <= max_age_s:
+            return False
+        os.remove(lock)
+    except OSError:  # no lock, or another process removed it first
+        return False
+    warnings.warn(f'asmlp_mm: removed the stale build lock {lock} of an interrupted build '
+                  f'of the CPU kernel; building it again.', RuntimeWarning)
+    return True
+
+
+def _load() -> bool:
+    if os.environ.get(ENV_SWITCH, '1') == '0':
+        return False
+    try:
+        # importing cpp_extension logs a warning about CUDA_HOME on CPU-only machines,
+        # which does not concern a CPU kernel
+        cpp_logger = logging.getLogger('torch.utils.cpp_extension')
+        level = cpp_logger.level
+        cpp_logger.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import get_default_build_root, load
+        finally:
+            cpp_logger.setLevel(level)
+        clear_stale_lock(os.path.join(get_default_build_root(), library_name()))
+        load(name=library_name(), sources=[SOURCE], extra_cflags=CFLAGS,
+             extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
+        return hasattr(torch.ops.asmlp_mm, 'axial_gather')
+    except Exception as err:  # no compiler, no write access to the cache, ...
+        warnings.warn(f'asmlp_mm: could not build the CPU kernel of the axial shift '
+                      f'({type(err).__name__}: {str(err).strip()[:500]}); the shift runs '
+                      f'its PyTorch path instead (same results, slower). Set '
+                      f'{ENV_SWITCH}=0 to skip the build.', RuntimeWarning)
+        return False

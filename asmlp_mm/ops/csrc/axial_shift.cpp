@@ -1,0 +1,244 @@
+// The axial shift on CPU in one parallel pass: every output element is written once.
+//
+// Operator: asmlp_mm::axial_gather(Tensor x, int dim, int[] group_ends, int[] shifts,
+//                                  int[] index) -> Tensor
+//
+// Channel group g covers channels [group_ends[g-1], group_ends[g]) of the NCHW tensor x
+// (memory: contiguous or channels-last). Along the axis `dim` (2 = H, 3 = W, length L),
+// output position p of group g reads input position index[g * L + p], or is zero where
+// that entry is -1. shifts[g] says which positions are an ordinary shift: index[p] ==
+// p + shifts[g] on the run [lo, hi) of positions whose source lies inside the tensor; the
+// rest (the border) comes from the index table. The Python side builds the table, so that
+// the padding modes are defined in one place; this file only moves memory.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+struct Group {
+  int64_t c0, c1;          // channels [c0, c1)
+  int64_t lo, hi, shift;   // positions [lo, hi) read position + shift
+  const int64_t* source;   // source position of every output position, -1 for zero
+};
+
+// Plain loops that the compiler vectorizes, built for AVX-512, AVX2 and baseline x86-64
+// and picked when the library loads; small unaligned runs are the common case here, where
+// memcpy's size dispatch (and rep movsb for larger runs) costs more than the copy.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ASMLP_MM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ASMLP_MM_CLONES
+#endif
+
+ASMLP_MM_CLONES void copy_bytes(const unsigned char* __restrict src,
+                                unsigned char* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+ASMLP_MM_CLONES void zero_bytes(unsigned char* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = 0;
+}
+
+template <typename T>
+inline void copy_n(const T* src, int64_t n, T* dst) {
+  copy_bytes(reinterpret_cast<const unsigned char*>(src), reinterpret_cast<unsigned char*>(dst),
+             n * static_cast<int64_t>(sizeof(T)));
+}
+
+template <typename T>
+inline void zero_n(T* dst, int64_t n) {
+  zero_bytes(reinterpret_cast<unsigned char*>(dst), n * static_cast<int64_t>(sizeof(T)));
+}
+
+// Bytes per parallel task of the NCHW path: small enough that the border rewrites still
+// find the task's lines in L1.
+constexpr int64_t kPieceBytes = 16 * 1024;
+// Bytes per parallel task of the channels-last path.
+constexpr int64_t kTaskBytes = 64 * 1024;
+
+int64_t grain_for(int64_t unit_elements, int64_t element_size) {
+  return std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(1, unit_elements * element_size));
+}
+
+
+// Contiguous NCHW. A group's channels of one image are one block of memory, seen as
+// `lines` lines of L chunks: along H a line is a plane and a chunk a row of W elements;
+// along W a line is a row and a chunk one element. Shifting every line by s chunks is
+// shifting the whole block by s chunks, except near the ends of the lines; so each task
+// copies its lines in one flat run and then rewrites the border chunks of every line.
+struct Piece {
+  int64_t offset;        // first element of the piece's lines
+  int64_t lines;         // number of lines
+  const Group* group;
+};
+
+template <typename T>
+void shift_blocks(const T* in, T* out, int64_t batch, int64_t channels, int64_t height,
+                  int64_t width, bool along_h, const std::vector<Group>& groups) {
+  const int64_t chunk = along_h ? width : 1;
+  const int64_t length = along_h ? height : width;
+  const int64_t line = chunk * length;
+  const int64_t lines_per_channel = along_h ? 1 : height;
+  const int64_t lines_per_piece = std::max<int64_t>(1, kPieceBytes / (line * sizeof(T)));
+  std::vector<Piece> pieces;
+  for (int64_t n = 0; n < batch; ++n) {
+    for (const Group& g : groups) {
+      const int64_t first = (n * channels + g.c0) * lines_per_channel;
+      const int64_t end = (n * channels + g.c1) * lines_per_channel;
+      for (int64_t l = first; l < end; l += lines_per_piece)
+        pieces.push_back({l * line, std::min(lines_per_piece, end - l), &g});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const Piece& piece = pieces[k];
+      const Group& g = *piece.group;
+      const T* src = in + piece.offset;
+      T* dst = out + piece.offset;
+      if (g.hi > g.lo)
+        copy_n(src + (g.lo + g.shift) * chunk,
+               ((piece.lines - 1) * length + g.hi - g.lo) * chunk, dst + g.lo * chunk);
+      // border chunk p of every line, one p at a time (a strided loop along W)
+      auto fix = [&](int64_t p) {
+        const int64_t from = g.source[p];
+        T* to = dst + p * chunk;
+        if (from < 0) {
+          if (chunk == 1)
+            for (int64_t l = 0; l < piece.lines; ++l) to[l * line] = T(0);
+          else
+            for (int64_t l = 0; l < piece.lines; ++l) zero_n(to + l * line, chunk);
+        } else {
+          const T* at = src + from * chunk;
+          if (chunk == 1)
+            for (int64_t l = 0; l < piece.lines; ++l) to[l * line] = at[l * line];
+          else
+            for (int64_t l = 0; l < piece.lines; ++l) copy_n(at + l * line, chunk, to + l * line);
+        }
+      };
+      for (int64_t p = 0; p < g.lo; ++p) fix(p);
+      for (int64_t p = g.hi; p < length; ++p) fix(p);
+    }
+  });
+}
+
+// Channels-last (NHWC): every pixel holds each group's channels as one run of bytes, which
+// comes from one source pixel (or is zero). Runs are short (C / shift_size channels), so
+// the copy loops are inlined here, in a function built per instruction set; working in
+// bytes, one function serves every dtype. A call handles image rows [begin, end).
+ASMLP_MM_CLONES void shift_pixel_rows(const unsigned char* __restrict in,
+                                      unsigned char* __restrict out, int64_t begin,
+                                      int64_t end, int64_t height, int64_t width,
+                                      int64_t pixel_bytes, int64_t element_size, bool along_h,
+                                      const Group* groups, int64_t num_groups) {
+  for (int64_t q = begin; q < end; ++q) {
+    const int64_t n = q / height, h = q % height;
+    unsigned char* dst = out + q * width * pixel_bytes;
+    for (int64_t w = 0; w < width; ++w, dst += pixel_bytes) {
+      for (int64_t k = 0; k < num_groups; ++k) {
+        const Group& g = groups[k];
+        const int64_t s = g.source[along_h ? h : w];
+        unsigned char* to = dst + g.c0 * element_size;
+        const int64_t bytes = (g.c1 - g.c0) * element_size;
+        if (s < 0) {
+          for (int64_t i = 0; i < bytes; ++i) to[i] = 0;
+          continue;
+        }
+        const int64_t sh = along_h ? s : h, sw = along_h ? w : s;
+        const unsigned char* from = in + ((n * height + sh) * width + sw) * pixel_bytes +
+                                    g.c0 * element_size;
+        for (int64_t i = 0; i < bytes; ++i) to[i] = from[i];
+      }
+    }
+  }
+}
+
+void shift_pixels(const at::Tensor& src, at::Tensor& out, bool along_h,
+                  const std::vector<Group>& groups) {
+  const int64_t batch = src.size(0), channels = src.size(1);
+  const int64_t height = src.size(2), width = src.size(3);
+  const int64_t element_size = src.element_size();
+  const auto* in = static_cast<const unsigned char*>(src.const_data_ptr());
+  auto* dst = static_cast<unsigned char*>(out.mutable_data_ptr());
+  at::parallel_for(0, batch * height, grain_for(width * channels, element_size),
+                   [&](int64_t b, int64_t e) {
+                     shift_pixel_rows(in, dst, b, e, height, width, channels * element_size,
+                                      element_size, along_h, groups.data(),
+                                      static_cast<int64_t>(groups.size()));
+                   });
+}
+
+at::Tensor axial_gather(const at::Tensor& x, int64_t dim, at::IntArrayRef group_ends,
+                        at::IntArrayRef shifts, at::IntArrayRef index) {
+  TORCH_CHECK(x.dim() == 4, "axial_gather expects an NCHW tensor, got ", x.dim(), " dims");
+  TORCH_CHECK(x.device().is_cpu(), "axial_gather runs on CPU tensors");
+  TORCH_CHECK(dim == 2 || dim == 3, "dim must be 2 (H) or 3 (W), got ", dim);
+  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t length = x.size(dim);
+  const int64_t num_groups = static_cast<int64_t>(group_ends.size());
+  TORCH_CHECK(num_groups > 0 && static_cast<int64_t>(shifts.size()) == num_groups,
+              "one shift per channel group is needed");
+  TORCH_CHECK(static_cast<int64_t>(index.size()) == num_groups * length,
+              "the index table must have ", num_groups * length, " entries");
+  TORCH_CHECK(group_ends[num_groups - 1] == channels, "the channel groups must end at ",
+              channels, ", got ", group_ends[num_groups - 1]);
+
+  std::vector<Group> groups;
+  int64_t c0 = 0;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t c1 = group_ends[g], shift = shifts[g];
+    TORCH_CHECK(c1 > c0, "channel groups must be non-empty and increasing");
+    const int64_t lo = std::clamp<int64_t>(-shift, 0, length);
+    const int64_t hi = std::max(std::min(length - shift, length), lo);
+    const int64_t* source = index.data() + g * length;
+    for (int64_t p = 0; p < length; ++p) {
+      const bool inside = p >= lo && p < hi;
+      TORCH_CHECK(inside ? source[p] == p + shift : (source[p] >= -1 && source[p] < length),
+                  "index table entry ", p, " of group ", g, " is ", source[p]);
+    }
+    groups.push_back({c0, c1, lo, hi, shift, source});
+    c0 = c1;
+  }
+
+  const bool channels_last =
+      !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor src = x.contiguous(format);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+
+  if (channels_last) {
+    shift_pixels(src, out, dim == 2, groups);
+    return out;
+  }
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    shift_blocks<T>(static_cast<const T*>(src.const_data_ptr()),
+                    static_cast<T*>(out.mutable_data_ptr()), batch, channels, height, width,
+                    dim == 2, groups);
+  };
+  // only bits move, so any dtype is handled by the unsigned type of its width
+  switch (x.element_size()) {
+    case 1: run(uint8_t{}); break;
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    case 8: run(uint64_t{}); break;
+    default: TORCH_CHECK(false, "axial_gather: unsupported element size ", x.element_size());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(asmlp_mm, m) {
+  m.def("axial_gather(Tensor x, int dim, int[] group_ends, int[] shifts, int[] index) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(asmlp_mm, CPU, m) {
+  m.impl("axial_gather", &axial_gather);
+}

@@ -1,0 +1,102 @@
+"""The compiled CPU kernel of the axial shift against the PyTorch path.
+
+tests/test_ops.py runs its reference tests on both paths; these cover what is particular to
+the kernel: memory layouts, dtypes, threads, its own argument checks and the fallback."""
+import itertools
+import os
+import time
+
+import pytest
+import torch
+
+from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel
+
+
+@pytest.fixture(autouse=True)
+def kernel_built():
+    assert cpu_kernel.available(), 'the CPU kernel of the axial shift was not built'
+
+
+def test_paths_agree_on_layouts_and_dtypes():
+    torch.manual_seed(0)
+    x = torch.randn(3, 13, 9, 11)
+    layouts = {
+        'contiguous': x,
+        'channels_last': x.contiguous(memory_format=torch.channels_last),
+        'strided view': torch.randn(3, 9, 13, 11).transpose(1, 2),
+        'sliced': torch.randn(3, 13, 12, 11)[:, :, 2:11],
+    }
+    for (name, t), dtype in itertools.product(layouts.items(), (
+            torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.uint8, torch.bool)):
+        t = (t > 0) if dtype == torch.bool else (t * 10).to(dtype)
+        for dim, mode, (shift_size, dilation) in itertools.product(
+                (2, 3), PADDING_MODES, ((5, 1), (7, 2), (3, 4))):
+            with cpu_kernel.use_cpu_kernel(True):
+                fast = axial_shift(t, dim, shift_size, dilation, mode)
+            with cpu_kernel.use_cpu_kernel(False):
+                slow = axial_shift(t, dim, shift_size, dilation, mode)
+            assert torch.equal(fast, slow), (name, dtype, dim, mode, shift_size, dilation)
+            assert fast.dtype == t.dtype
+            channels_last = name == 'channels_last'
+            assert fast.is_contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_kernel_result_does_not_depend_on_threads():
+    # big enough for many parallel tasks (4-16 KB each)
+    x = torch.randn(4, 40, 33, 35)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append([axial_shift(x, d, 5, 1, m) for d in (2, 3) for m in PADDING_MODES])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    with cpu_kernel.use_cpu_kernel(False):
+        for a, (d, m) in zip(outs[0], itertools.product((2, 3), PADDING_MODES)):
+            assert torch.equal(a, axial_shift(x, d, 5, 1, m))
+
+
+def test_kernel_checks_its_plan():
+    op = torch.ops.asmlp_mm.axial_gather
+    x = torch.randn(1, 4, 3, 3)
+    good = ([2, 4], [1, -1], [1, 2, -1, -1, 0, 1])
+    assert op(x, 3, *good).shape == x.shape
+    with pytest.raises(RuntimeError, match='must end at 4'):
+        op(x, 3, [2, 3], good[1], good[2])
+    with pytest.raises(RuntimeError, match='6 entries'):
+        op(x, 3, good[0], good[1], good[2][:5])
+    with pytest.raises(RuntimeError, match='index table entry'):
+        op(x, 3, good[0], good[1], [1, 2, -1, -1, 2, 1])
+    with pytest.raises(RuntimeError, match='dim must be 2'):
+        op(x, 1, *good)
+
+
+def test_build_failure_warns_and_falls_back(monkeypatch):
+    x = torch.randn(2, 6, 5, 4)
+    ref = axial_shift(x, 3, 5, 1, 'reflect')
+    monkeypatch.setitem(cpu_kernel._state, 'loaded', None)
+    monkeypatch.setattr(cpu_kernel, 'SOURCE', '/nonexistent/axial_shift.cpp')
+    with pytest.warns(RuntimeWarning, match='PyTorch path'):
+        assert not cpu_kernel.available()
+    torch.testing.assert_close(axial_shift(x, 3, 5, 1, 'reflect'), ref)
+    # the switch skips the build silently
+    monkeypatch.setitem(cpu_kernel._state, 'loaded', None)
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, '0')
+    assert not cpu_kernel.available()
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    lock = tmp_path / 'lock'
+    lock.write_text('')
+    assert not cpu_kernel.clear_stale_lock(str(tmp_path))  # a build may be running
+    assert lock.exists()
+    old = time.time() - cpu_kernel.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match='stale build lock'):
+        assert cpu_kernel.clear_stale_lock(str(tmp_path))
+    assert not lock.exists()
+    assert not cpu_kernel.clear_stale_lock(str(tmp_path))  # nothing left to remove
