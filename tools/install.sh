@@ -82,6 +82,11 @@ fi
 log "asmlp_mm"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 
+# 6. the compiled CPU kernel of the axial shift (asmlp_mm/ops/csrc), built now rather than
+#    on the first shift; it lands in torch's extension cache, outside the checkout.
+log "CPU kernel of the axial shift"
+"$PY" -W error::RuntimeWarning -c "from asmlp_mm.ops import cpu_kernel; assert cpu_kernel.available()"
+
 mmcv_ok || { log "ERROR: mmcv.ops does not import after install"; exit 1; }
 "$PY" -c "import asmlp_mm, mmdet, mmseg, mmpretrain; print('[install] ok: asmlp_mm', asmlp_mm.__version__)"
 echo "$want" > "$stamp"
