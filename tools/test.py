@@ -10,7 +10,7 @@ import argparse
 import json
 import os.path as osp
 
-from _common import add_common_args, load_config, shutdown_distributed
+from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
 from asmlp_mm.compat import CheckpointError
 from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
 from mmengine.config import ConfigDict
@@ -81,3 +81,4 @@ def main():
 
 if __name__ == '__main__':
     main()
+    exit_after_success()

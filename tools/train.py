@@ -5,7 +5,7 @@
 """
 import argparse
 
-from _common import add_common_args, load_config, shutdown_distributed
+from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
 from mmengine.runner import Runner
 
 
@@ -52,3 +52,4 @@ def main():
 
 if __name__ == '__main__':
     main()
+    exit_after_success()
