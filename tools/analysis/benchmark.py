@@ -346,6 +346,13 @@ def machine_info(device: torch.device) -> dict:
                     break
     info = dict(torch=torch.__version__, cpu=cpu, nproc=os.cpu_count(),
                 threads=torch.get_num_threads(), device=str(device))
+    if device.type == 'cpu':
+        from asmlp_mm.ops import cpu_kernel
+        info['shift_kernel'] = cpu_kernel.enabled()
+    # the allocator changes CPU figures a lot (see docs/benchmarks.md): say which one ran
+    for name in ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_CONF'):
+        if os.environ.get(name):
+            info[name] = os.environ[name]
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
