@@ -23,8 +23,9 @@ import torch
 SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'axial_shift.cpp')
 ENV_SWITCH = 'ASMLP_MM_CPU_KERNEL'
 # -fno-tree-loop-distribute-patterns keeps the copy loops as vector loops instead of
-# memcpy calls (slower here: many small runs, and rep movsb on fresh pages); -fopenmp
-# makes at::parallel_for use torch's OpenMP threads (it runs serially without it).
+# memcpy calls (with which the kernel was 20-30% slower than a clone on stage-1 tensors
+# here); -fopenmp makes at::parallel_for use torch's OpenMP threads (without it, it runs
+# serially).
 CFLAGS = ['-O3', '-fopenmp', '-fno-tree-loop-distribute-patterns']
 LDFLAGS = ['-fopenmp']
 # a build takes about 10 s; a build lock older than this was left by an interrupted one
