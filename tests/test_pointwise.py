@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asmlp_mm.ops import channel_mlp, conv_gelu, no_fusion
+from asmlp_mm.ops import channel_mlp, conv_gelu, no_fusion, pointwise, pointwise_conv
 
 
 def convs(*shapes, bias=True):
@@ -82,6 +82,37 @@ def test_conv_gelu_training_and_inference_match_plain_modules(approximate):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the oneDNN fused product, when this build has oneDNN
         torch.testing.assert_close(conv_gelu(conv, act, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_pointwise_conv_in_inference_is_one_oneDNN_product(bias, monkeypatch):
+    if pointwise.LINEAR_POINTWISE is None:
+        pytest.skip('this PyTorch build has no oneDNN')
+    calls, linear = [], pointwise.LINEAR_POINTWISE
+
+    def counted(*args):
+        calls.append(args[3])
+        return linear(*args)
+    monkeypatch.setattr(pointwise, 'LINEAR_POINTWISE', counted)
+    conv, = convs((8, 12), bias=bias)
+    x = channels_last_input(2, 8, 3, 7)
+    with torch.no_grad():
+        out = pointwise_conv(conv, x)
+        ref = conv(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert calls == ['none']
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            half = pointwise_conv(conv, x)
+            assert half.dtype == torch.bfloat16
+            torch.testing.assert_close(half, conv(x), rtol=2e-2, atol=2e-2)
+        with no_fusion():
+            torch.testing.assert_close(pointwise_conv(conv, x), ref, rtol=1e-5, atol=1e-5)
+    assert calls == ['none', 'none']
+    out = pointwise_conv(conv, x)  # a graph is recorded: plain autograd
+    assert len(calls) == 2 and out.grad_fn is not None
+    for got, want in zip(grads(out, [x, conv.weight]), grads(conv(x), [x, conv.weight])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_backward_refuses_to_run_twice_and_no_fusion_allows_it():

@@ -2,8 +2,9 @@
 
 On a channels-last (N, C, H, W) tensor a 1x1 convolution is one matrix product over the
 N*H*W rows of its NHWC view, with the (out, in, 1, 1) weight viewed as (out, in): no layout
-conversions, and the matrix library's kernels. On top of that, the GELU that follows most
-of AS-MLP's projections is fused with them where it saves passes over memory:
+conversions, and the matrix library's kernels (in CPU inference oneDNN's, which adds the
+bias as it writes the output). On top of that, the GELU that follows most of AS-MLP's
+projections is fused with them where it saves passes over memory:
 
 - :func:`conv_gelu`: ``gelu(conv(x))``. In inference one oneDNN matrix product applies the
   GELU as it writes its output; in training (train mode, recording a graph) the GELU's
@@ -99,14 +100,6 @@ def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
-def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1x1 convolution; on channels-last input, one matrix product over
-    the NHWC view of ``x`` with the conv weight viewed as (out, in)."""
-    if not is_channels_last(x):
-        return conv(x)
-    return F.linear(x.permute(0, 2, 3, 1), _matrix(conv), conv.bias).permute(0, 3, 1, 2)
-
-
 def _oneDNN_linear_pointwise():
     """oneDNN's linear with an activation applied as it writes its output (the op behind
     inductor's CPU fusions), or ``None`` where this PyTorch build has no oneDNN."""
@@ -130,13 +123,17 @@ def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> Optional[torch.dtype]:
     return x.dtype if conv.weight.dtype == x.dtype else None
 
 
-def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
-    """Whether the fused CPU paths apply: a GELU, channels-last float32 or bfloat16 CPU
-    input (or autocast to one of them), no tracer."""
-    return (_FUSION[-1] and type(act) is nn.GELU and x.device.type == 'cpu'
-            and is_channels_last(x)
+def _cpu_fast(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
+    """Whether the CPU fast paths apply: channels-last float32 or bfloat16 CPU input (or
+    autocast to one of them), no tracer, not inside :func:`no_fusion`."""
+    return (_FUSION[-1] and x.device.type == 'cpu' and is_channels_last(x)
             and all(compute_dtype(x, c) in (torch.float32, torch.bfloat16) for c in convs)
             and not is_traced())
+
+
+def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
+    """Whether the fused CPU paths apply: a GELU and :func:`_cpu_fast`."""
+    return type(act) is nn.GELU and _cpu_fast(x, *convs)
 
 
 def _operands(conv: nn.Conv2d, dtype: torch.dtype):
@@ -156,6 +153,36 @@ def _fused_training(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
     forward, as a training step does) with a graph being recorded. Gradients of a model in
     eval mode (analysis tools, which may run backward twice) take the plain modules."""
     return all(c.training for c in convs) and _records_grad(x, *convs)
+
+
+def _oneDNN_inference(conv: nn.Conv2d, x: torch.Tensor, attr: str = 'none',
+                      algorithm: str = '') -> torch.Tensor:
+    """``conv(x)`` as one oneDNN product over the NHWC rows of channels-last ``x``, the
+    bias and the activation ``attr`` applied as it writes its output."""
+    dtype = compute_dtype(x, conv)
+    weight, bias = _operands(conv, dtype)
+    with torch.autocast('cpu', enabled=False):
+        out = LINEAR_POINTWISE(x.to(dtype).permute(0, 2, 3, 1), weight, bias, attr, [],
+                               algorithm)
+    return out.permute(0, 3, 1, 2)
+
+
+def _inference(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
+    """Whether oneDNN's product runs: no graph is recorded and oneDNN is there."""
+    return LINEAR_POINTWISE is not None and not _records_grad(x, *convs)
+
+
+def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution. On channels-last input, one matrix product over
+    the NHWC view of ``x`` with the conv weight viewed as (out, in): on CPU in inference
+    oneDNN's, which adds the bias as it writes (the BLAS ``addmm`` copies the bias into
+    the output first, one pass more, and was 4-13% slower on AS-MLP's shapes here),
+    otherwise ``F.linear``."""
+    if not is_channels_last(x):
+        return conv(x)
+    if _cpu_fast(x, conv) and _inference(x, conv):
+        return _oneDNN_inference(conv, x)
+    return F.linear(x.permute(0, 2, 3, 1), _matrix(conv), conv.bias).permute(0, 3, 1, 2)
 
 
 def _once(ctx, what: str) -> None:
@@ -205,19 +232,15 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     :func:`activate`."""
     if not _fusable(x, act, conv):
         return activate(act, pointwise_conv(conv, x))
-    training = _fused_training(x, conv)
-    if not training and (_records_grad(x, conv) or LINEAR_POINTWISE is None):
-        return activate(act, pointwise_conv(conv, x))
-    dtype = compute_dtype(x, conv)
-    weight, bias = _operands(conv, dtype)
-    with torch.autocast('cpu', enabled=False):
-        if training:
+    if _fused_training(x, conv):
+        dtype = compute_dtype(x, conv)
+        weight, bias = _operands(conv, dtype)
+        with torch.autocast('cpu', enabled=False):
             out = _LinearGELU.apply(_rows(x.to(dtype)), weight, bias, act.approximate)
-            return _from_rows(out, x)
-        algorithm = 'tanh' if act.approximate == 'tanh' else 'none'
-        out = LINEAR_POINTWISE(x.to(dtype).permute(0, 2, 3, 1), weight, bias, 'gelu', [],
-                               algorithm)
-    return out.permute(0, 3, 1, 2)
+        return _from_rows(out, x)
+    if not _inference(x, conv):
+        return activate(act, pointwise_conv(conv, x))
+    return _oneDNN_inference(conv, x, 'gelu', 'tanh' if act.approximate == 'tanh' else 'none')
 
 
 class _ChannelMLP(torch.autograd.Function):
