@@ -41,6 +41,21 @@ def test_one_config_reports_throughput_and_memory(capsys):
     assert 'img/s' in capsys.readouterr().out
 
 
+def test_profile_lists_the_operators_that_take_the_time(capsys):
+    result = benchmark.main([CLS_DEMO, '--part', 'backbone', '--mode', 'infer', '--batch',
+                             '2', '--shape', '32', '--warmup', '0', '--repeats', '1',
+                             '--profile', '4'])
+    ops = result['infer']['profile']
+    assert len(ops) == 4 and 'train' not in result
+    shares = [op['share'] for op in ops]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert all(op['calls'] >= 1 and op['self_ms'] >= 0 for op in ops)
+    out = capsys.readouterr().out
+    assert 'operators by self time' in out and ops[0]['op'] in out
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([CLS_DEMO, '--profile', '-1'])
+
+
 def test_compare_models_hold_the_same_weights(capsys):
     """The published-way model of --compare computes our logits (same weights), and the
     shift section covers both stages and axes."""

@@ -5,11 +5,12 @@ One config::
     python tools/analysis/benchmark.py configs/asmlp/asmlp-tiny_8xb128_in1k.py
     python tools/analysis/benchmark.py CONFIG --part backbone --batch 8 --shape 512 1024
     python tools/analysis/benchmark.py CONFIG --amp --channels-last --compile --device cuda
+    python tools/analysis/benchmark.py CONFIG --profile 15   # and where the time goes
 
 runs the model (``--part model``: the classifier, detector or segmentor's ``'tensor'``
 forward; ``--part backbone``: the backbone alone) on random inputs, inference and a training
 step (forward, backward, SGD step), warms up, then reports the median of ``--repeats`` timed
-runs.
+runs; ``--profile N`` adds the N operators with the most self time in one more run of each.
 
 Side by side, in one process (``--compare``)::
 
@@ -123,6 +124,22 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def op_profile(fn: Callable[[], object], device: torch.device, rows: int) -> List[dict]:
+    """The ``rows`` operators that take the most time in one ``fn()`` (self time: not
+    counting the operators they call), with their share of the total."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in ops) or 1
+    return [dict(op=e.key, calls=e.count, self_ms=getattr(e, attr) / 1e3,
+                 share=getattr(e, attr) / total) for e in ops[:rows]]
 
 
 def autocast(device: torch.device, amp: bool):
@@ -503,10 +520,17 @@ def run_config(args) -> dict:
                             runs_ms=[t * 1e3 for t in times])
         rows.append([mode, f'{result[mode]["img_s"]:.1f}', f'{result[mode]["median_ms"]:.1f}',
                      f'{result[mode]["peak_mb"]:.1f}'])
+        if args.profile:
+            result[mode]['profile'] = op_profile(fn, device, args.profile)
     print(json.dumps(result['machine']))
     print_table(f'{args.config} ({args.part}), batch {args.batch}, {shape[0]}x{shape[-1]}, '
                 f'amp={args.amp}, channels_last={args.channels_last}, '
                 f'compile={args.compile}', ['mode', 'img/s', 'median ms', 'peak MB'], rows)
+    for mode in modes if args.profile else []:
+        print_table(f'{mode}: operators by self time (one run, under torch.profiler)',
+                    ['operator', 'calls', 'self ms', 'share'],
+                    [[p['op'], p['calls'], f'{p["self_ms"]:.1f}', f'{p["share"]:.1%}']
+                     for p in result[mode]['profile']])
     return result
 
 
@@ -531,6 +555,9 @@ def parse_args(argv=None):
                         help='autocast: bf16 on CPU, fp16 (with a grad scaler) on CUDA')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='also list the N operators that take the most time (one '
+                        'config only)')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads')
     parser.add_argument('--out', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -538,6 +565,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.compare and not args.config:
         parser.error('give a config, or --compare')
+    if args.profile < 0:
+        parser.error(f'--profile takes a number of operators >= 0, got {args.profile}')
     if len(args.shape) not in (1, 2):
         parser.error(f'--shape takes H W or one size, got {args.shape}')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
