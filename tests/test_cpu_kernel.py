@@ -42,6 +42,26 @@ def test_paths_agree_on_layouts_and_dtypes():
                 memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_every_run_length(channels_last):
+    """The kernel moves runs of bytes in overlapping fixed-size blocks: runs of 1 to 200
+    bytes (one group's channels of a pixel in channels-last, one line in NCHW), at every
+    alignment, against the PyTorch path."""
+    torch.manual_seed(0)
+    for channels in range(1, 160, 9):  # groups of 1 to 53 channels
+        for dtype in (torch.uint8, torch.float32):
+            width = 5 if channels_last else 1 + channels
+            x = (torch.randn(2, channels, 3, width) * 10).to(dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for dim, mode in itertools.product((2, 3), ('zero', 'reflect')):
+                with cpu_kernel.use_cpu_kernel(True):
+                    fast = axial_shift(x, dim, 3, 1, mode)
+                with cpu_kernel.use_cpu_kernel(False):
+                    slow = axial_shift(x, dim, 3, 1, mode)
+                assert torch.equal(fast, slow), (channels, dtype, dim, mode)
+
+
 def test_kernel_result_does_not_depend_on_threads():
     # big enough for many parallel tasks (4-16 KB each)
     x = torch.randn(4, 40, 33, 35)
