@@ -52,8 +52,10 @@ def test_profile_lists_the_operators_that_take_the_time(capsys):
     assert all(op['calls'] >= 1 and op['self_ms'] >= 0 for op in ops)
     out = capsys.readouterr().out
     assert 'operators by self time' in out and ops[0]['op'] in out
-    with pytest.raises(SystemExit):
-        benchmark.parse_args([CLS_DEMO, '--profile', '-1'])
+    for wrong in ([CLS_DEMO, '--profile', '-1'], ['--compare', '--profile', '3']):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(wrong)
+        assert '--profile' in capsys.readouterr().err
 
 
 def test_compare_models_hold_the_same_weights(capsys):

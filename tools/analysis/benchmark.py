@@ -567,6 +567,8 @@ def parse_args(argv=None):
         parser.error('give a config, or --compare')
     if args.profile < 0:
         parser.error(f'--profile takes a number of operators >= 0, got {args.profile}')
+    if args.profile and args.compare:
+        parser.error('--profile profiles one config; it does not combine with --compare')
     if len(args.shape) not in (1, 2):
         parser.error(f'--shape takes H W or one size, got {args.shape}')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
