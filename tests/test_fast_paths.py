@@ -10,7 +10,7 @@ from mmcv.cnn.bricks import DropPath
 
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours
-from asmlp_mm.ops import axial_shift
+from asmlp_mm.ops import axial_shift, pointwise
 
 TINY = dict(embed_dims=10, depths=[1, 2, 1, 1])  # 10 channels: uneven shift groups
 ALL_STAGES = (0, 1, 2, 3)
@@ -137,18 +137,27 @@ def test_inference_matches_reference(padding, dilation, connection):
     (40, [5, 5, 3, 1, 1]),
     (10**9, [1, 1, 1, 1, 1]),
 ])
-def test_chunked_inference_matches_reference(chunk_tokens, calls):
-    """CPU inference runs the embedding and the stages on groups of images."""
+def test_chunked_inference_matches_reference(chunk_tokens, calls, monkeypatch):
+    """CPU inference runs the embedding and the stages on groups of images, with the
+    weights of a stage packed for oneDNN once where it runs in 4 chunks or more."""
     model = randomize(ASMLP(TINY, out_indices=ALL_STAGES)).eval()
     model.chunk_tokens = chunk_tokens
     counts = [0] * 5
     for i, module in enumerate([model.patch_embed, *model.stages]):
         module.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+    packed, reorder = [], pointwise.REORDER_WEIGHT
+    if reorder is not None:
+        monkeypatch.setattr(pointwise, 'REORDER_WEIGHT',
+                            lambda w, rows: packed.append(w.shape) or reorder(w, rows))
     x = torch.randn(5, 3, 21, 37)
     with torch.no_grad():
         outs = model(x)
         refs = reference_forward(model, x)
     assert counts == calls
+    # each 1x1 conv of a stage run in >= 4 chunks is packed once: 6 per block, 1 per merge
+    stages = [i for i in range(4) if calls[i + 1] >= 4]
+    if reorder is not None:
+        assert len(packed) == sum(6 * TINY['depths'][i] + (i > 0) for i in stages)
     assert_outputs_close(outs, refs)
     assert all(o.is_contiguous() for o in outs)
 

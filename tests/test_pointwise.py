@@ -115,6 +115,42 @@ def test_pointwise_conv_in_inference_is_one_oneDNN_product(bias, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_weights_are_packed_once_per_block(monkeypatch):
+    if pointwise.REORDER_WEIGHT is None:
+        pytest.skip('this PyTorch build has no oneDNN')
+    packs, reorder = [], pointwise.REORDER_WEIGHT
+
+    def counted(weight, rows):
+        packs.append((tuple(weight.shape), weight.dtype, rows))
+        return reorder(weight, rows)
+    monkeypatch.setattr(pointwise, 'REORDER_WEIGHT', counted)
+    fc1, fc2 = convs((8, 32), (32, 8))
+    act = nn.GELU()
+    x = channels_last_input(3, 8, 2, 5)
+    with torch.no_grad():
+        ref = fc2(act(fc1(x)))
+        with pointwise.packed_weights():
+            for images in (slice(None), slice(0, 1), slice(1, 3)):  # other row counts
+                out = pointwise_conv(fc2, conv_gelu(fc1, act, x[images]))  # reuse them
+                torch.testing.assert_close(out, ref[images], rtol=1e-5, atol=1e-5)
+            assert packs == [((32, 8), torch.float32, 30), ((8, 32), torch.float32, 30)]
+            with torch.autocast('cpu', dtype=torch.bfloat16):  # another dtype: packed anew
+                half = conv_gelu(fc1, act, x)
+            assert half.dtype == torch.bfloat16 and packs[-1][:2] == ((32, 8), torch.bfloat16)
+            torch.testing.assert_close(half.float(), act(fc1(x)), rtol=2e-2, atol=2e-2)
+            with pointwise.packed_weights(enabled=False):
+                conv_gelu(fc1, act, x)
+            assert len(packs) == 3
+            fc1.weight = nn.Parameter(fc1.weight * 2)  # a new weight is packed anew
+            torch.testing.assert_close(conv_gelu(fc1, act, x), act(fc1(x)), rtol=1e-5,
+                                       atol=1e-5)
+            assert len(packs) == 4
+        conv_gelu(fc1, act, x)  # outside any block: nothing is packed
+        with pointwise.packed_weights():  # a new block packs again
+            conv_gelu(fc1, act, x)
+    assert len(packs) == 5
+
+
 def test_fused_backward_refuses_to_run_twice_and_no_fusion_allows_it():
     fc1, fc2 = convs((4, 16), (16, 4))
     x = channels_last_input(1, 4, 3, 3)

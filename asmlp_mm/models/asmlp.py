@@ -13,8 +13,9 @@ functions that keep fewer and smaller tensors). In inference the GELUs and resid
 additions write into tensors the block has just made instead of allocating new ones, and
 the patch embedding and each stage run on a few images at a time (about
 :attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
-caches instead of streaming through memory; every op treats images independently, so the
-outputs do not change. The computation, the parameters and the state-dict layout are
+caches instead of streaming through memory, and a stage run in many chunks packs its
+weights for oneDNN once; every op treats images independently, so the outputs do not
+change. The computation, the parameters and the state-dict layout are
 those of the plain NCHW modules.
 """
 from copy import deepcopy
@@ -31,7 +32,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import axial_shift, check_shift_args
 from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
-                             is_channels_last, is_traced, may_overwrite, pointwise_conv)
+                             is_channels_last, is_traced, may_overwrite, packed_weights,
+                             pointwise_conv)
 
 CONNECTIONS = ('parallel', 'serial')
 
@@ -264,6 +266,10 @@ class ASMLP(BaseModule):
     #: CPU inference runs the patch embedding and each stage on groups of images of about
     #: this many output tokens (pixels) at a time (see :meth:`forward`).
     chunk_tokens = CACHE_ROWS
+    #: ... and packs the weights of a stage for oneDNN once (see
+    #: :func:`asmlp_mm.ops.pointwise.packed_weights`) where it runs in at least this many
+    #: chunks.
+    pack_min_chunks = 4
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -445,7 +451,11 @@ class ASMLP(BaseModule):
         if per_chunk >= x.shape[0] or self.training or x.device.type != 'cpu' \
                 or is_traced():
             return fn(x)
-        return torch.cat([fn(part) for part in x.split(per_chunk)])
+        parts = x.split(per_chunk)
+        # every chunk runs the same layers: pack their weights for oneDNN once, where the
+        # chunks are enough to repay the packing and the extra copy of the stage's weights
+        with packed_weights(enabled=len(parts) >= self.pack_min_chunks):
+            return torch.cat([fn(part) for part in parts])
 
     def forward(self, x):
         # channels-last inside (see the module docstring); outputs in the input's format
