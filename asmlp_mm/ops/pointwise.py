@@ -101,31 +101,22 @@ def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _oneDNN_linear_pointwise():
-    """oneDNN's linear with an activation applied as it writes its output (the op behind
-    inductor's CPU fusions), or ``None`` where this PyTorch build has no oneDNN."""
+def _oneDNN_op(name: str):
+    """``torch.ops.mkldnn.<name>``, or ``None`` where this PyTorch build has no oneDNN."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
+        return getattr(torch.ops.mkldnn, name)
     except (AttributeError, RuntimeError):
         return None
 
 
-LINEAR_POINTWISE = _oneDNN_linear_pointwise()
-
-
-def _oneDNN_reorder_weight():
-    """oneDNN's packing of a linear weight into its blocked layout, or ``None``."""
-    if LINEAR_POINTWISE is None:
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight
-    except (AttributeError, RuntimeError):
-        return None
-
-
-REORDER_WEIGHT = _oneDNN_reorder_weight()
+#: oneDNN's linear with an activation applied as it writes its output (the op behind
+#: inductor's CPU fusions)
+LINEAR_POINTWISE = _oneDNN_op('_linear_pointwise')
+#: oneDNN's packing of a linear weight into its blocked layout
+REORDER_WEIGHT = (_oneDNN_op('_reorder_linear_weight') if LINEAR_POINTWISE is not None
+                  else None)
 _PACKED = threading.local()
 
 
