@@ -145,10 +145,14 @@ def test_packed_weights_are_packed_once_per_block(monkeypatch):
             torch.testing.assert_close(conv_gelu(fc1, act, x), act(fc1(x)), rtol=1e-5,
                                        atol=1e-5)
             assert len(packs) == 4
+            fc1.bias = nn.Parameter(fc1.bias + 1)  # so is the weight of a new bias
+            torch.testing.assert_close(conv_gelu(fc1, act, x), act(fc1(x)), rtol=1e-5,
+                                       atol=1e-5)
+            assert len(packs) == 5
         conv_gelu(fc1, act, x)  # outside any block: nothing is packed
         with pointwise.packed_weights():  # a new block packs again
             conv_gelu(fc1, act, x)
-    assert len(packs) == 5
+    assert len(packs) == 6
 
 
 def test_fused_backward_refuses_to_run_twice_and_no_fusion_allows_it():

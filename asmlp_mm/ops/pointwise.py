@@ -188,10 +188,10 @@ def _inference_operands(conv: nn.Conv2d, dtype: torch.dtype, rows: int):
         return _operands(conv, dtype)
     key = (id(conv), dtype)
     entry = cache.get(key)
-    if entry is None or entry[0] is not conv.weight:
+    if entry is None or entry[0] is not conv.weight or entry[1] is not conv.bias:
         weight, bias = _operands(conv, dtype)
-        entry = cache[key] = (conv.weight, REORDER_WEIGHT(weight, rows), bias)
-    return entry[1], entry[2]
+        entry = cache[key] = (conv.weight, conv.bias, REORDER_WEIGHT(weight, rows), bias)
+    return entry[2], entry[3]
 
 
 def _oneDNN_inference(conv: nn.Conv2d, x: torch.Tensor, attr: str = 'none',
