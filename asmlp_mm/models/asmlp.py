@@ -15,8 +15,8 @@ the patch embedding and each stage run on a few images at a time (about
 :attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
 caches instead of streaming through memory, and a stage run in many chunks packs its
 weights for oneDNN once; every op treats images independently, so the outputs do not
-change. The computation, the parameters and the state-dict layout are
-those of the plain NCHW modules.
+change. The computation, the parameters and the state-dict layout are those of the plain
+NCHW modules.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence, Union
