@@ -31,6 +31,22 @@ def test_interleaved_and_block_timing_call_orders():
         benchmark.time_interleaved(fns, 0, 0, benchmark.torch.device('cpu'))
 
 
+def test_machine_line_names_the_allocator_settings(monkeypatch):
+    """Settings that change what fresh memory costs travel with the figures."""
+    environ = {'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=1', 'MALLOC_CONF': 'thp:always',
+               'MALLOC_MMAP_THRESHOLD_': '4294967296', 'TCMALLOC_RELEASE_RATE': '0',
+               'THP_MEM_ALLOC_ENABLE': '1', 'LD_PRELOAD': '', 'LD_LIBRARY_PATH': '/x',
+               'MALLOCX': 'no', 'THP_MEM_ALLOC_ENABLED': 'no', 'HOME': '/root'}
+    assert list(benchmark.allocator_settings(environ)) == [
+        'GLIBC_TUNABLES', 'MALLOC_CONF', 'MALLOC_MMAP_THRESHOLD_', 'TCMALLOC_RELEASE_RATE',
+        'THP_MEM_ALLOC_ENABLE']
+    for name in ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_TRIM_THRESHOLD_'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '68719476736')
+    info = benchmark.machine_info(benchmark.torch.device('cpu'))
+    assert info['MALLOC_TRIM_THRESHOLD_'] == '68719476736' and 'GLIBC_TUNABLES' not in info
+
+
 def test_one_config_reports_throughput_and_memory(capsys):
     result = benchmark.main([CLS_DEMO, '--batch', '2', '--shape', '40', '48', '--warmup',
                              '0', '--repeats', '1'])
