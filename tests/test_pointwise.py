@@ -57,6 +57,40 @@ def test_channel_mlp_matches_plain_modules(rows, bias):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('rows,blocks', [(7, 9), (30, 2), (60, 1), (4096, 1)])
+@pytest.mark.parametrize('bias,approximate', [(True, 'none'), (False, 'tanh')])
+def test_channel_mlp_inference_in_blocks_of_rows(rows, blocks, bias, approximate,
+                                                 monkeypatch):
+    """In inference the MLP runs ``rows`` rows at a time (the hidden activation of a
+    block stays in the caches), its weights packed once for all blocks."""
+    if pointwise.LINEAR_POINTWISE is None:
+        pytest.skip('this PyTorch build has no oneDNN')
+    calls, linear = [], pointwise.LINEAR_POINTWISE
+    packs, reorder = [], pointwise.REORDER_WEIGHT
+
+    def counted(rows_in, weight, *args):
+        calls.append((rows_in.numel() // rows_in.shape[-1], args[1]))
+        return linear(rows_in, weight, *args)
+    monkeypatch.setattr(pointwise, 'LINEAR_POINTWISE', counted)
+    monkeypatch.setattr(pointwise, 'REORDER_WEIGHT',
+                        lambda w, n: packs.append(w.shape) or reorder(w, n))
+    fc1, fc2 = convs((6, 24), (24, 5), bias=bias)
+    act = nn.GELU(approximate=approximate)
+    x = channels_last_input(2, 6, 5, 6)  # 60 rows
+    with torch.no_grad():
+        out = channel_mlp(fc1, act, fc2, x, rows=rows)
+        ref = fc2(act(fc1(x)))
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert [a for _, a in calls] == ['gelu', 'none'] * blocks
+        assert max(n for n, _ in calls) == min(rows, 60) and sum(n for n, _ in calls) == 120
+        assert len(packs) == (2 if blocks > 1 else 0)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            half = channel_mlp(fc1, act, fc2, x, rows=rows)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), ref, rtol=3e-2, atol=3e-2)
+
+
 def test_channel_mlp_with_frozen_weights_and_input_without_grad():
     fc1, fc2 = convs((4, 16), (16, 4))
     fc2.requires_grad_(False)
@@ -134,6 +168,9 @@ def test_packed_weights_are_packed_once_per_block(monkeypatch):
                 out = pointwise_conv(fc2, conv_gelu(fc1, act, x[images]))  # reuse them
                 torch.testing.assert_close(out, ref[images], rtol=1e-5, atol=1e-5)
             assert packs == [((32, 8), torch.float32, 30), ((8, 32), torch.float32, 30)]
+            with pointwise.packed_weights():  # a block inside shares the packed weights
+                pointwise_conv(fc2, conv_gelu(fc1, act, x))
+            assert len(packs) == 2
             with torch.autocast('cpu', dtype=torch.bfloat16):  # another dtype: packed anew
                 half = conv_gelu(fc1, act, x)
             assert half.dtype == torch.bfloat16 and packs[-1][:2] == ((32, 8), torch.bfloat16)

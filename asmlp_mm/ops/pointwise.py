@@ -9,11 +9,12 @@ projections is fused with them where it saves passes over memory:
 - :func:`conv_gelu`: ``gelu(conv(x))``. In inference one oneDNN matrix product applies the
   GELU as it writes its output; in training (train mode, recording a graph) the GELU's
   gradient is written into the saved pre-activation instead of a new tensor.
-- :func:`channel_mlp`: ``conv2(gelu(conv1(x)))`` in training. The hidden activation (4x
-  the input) is made a block of rows at a time, each block small enough to stay in the
-  CPU caches, and is not kept for backward: backward makes it again from the saved
+- :func:`channel_mlp`: ``conv2(gelu(conv1(x)))``. The hidden activation (4x the input)
+  is made a block of rows at a time, each block small enough to stay in the CPU caches.
+  In training it is not kept for backward: backward makes it again from the saved
   pre-activation, block by block. Fewer and smaller fresh tensors (each fresh page costs a
-  page fault), and a smaller peak memory.
+  page fault), and a smaller peak memory. In inference each block is two oneDNN products,
+  on inputs of more rows than a block (large images, e.g. for detection).
 
 The training functions overwrite what they saved as their backward runs, so they allow
 one backward per forward (a second one raises an error); models in eval mode, e.g. in
@@ -127,12 +128,15 @@ def packed_weights(enabled: bool = True):
     (5-27% per product on AS-MLP-T's shapes here). For loops that run the same layers on
     several chunks of a batch, as :class:`~asmlp_mm.models.ASMLP`'s chunked inference
     does. The weights must not change inside the block; the packed copies (as much memory
-    as the weights used) are dropped at its end. ``enabled=False`` opens a block without
-    packing (e.g. inside an enabled one)."""
+    as the weights used) are dropped at its end. A block opened inside an enabled one
+    shares its packed weights; ``enabled=False`` opens a block without packing."""
     stack = getattr(_PACKED, 'stack', None)
     if stack is None:
         stack = _PACKED.stack = []
-    stack.append({} if enabled and REORDER_WEIGHT is not None else None)
+    cache = None
+    if enabled and REORDER_WEIGHT is not None:
+        cache = stack[-1] if stack and stack[-1] is not None else {}
+    stack.append(cache)
     try:
         yield
     finally:
@@ -194,17 +198,24 @@ def _inference_operands(conv: nn.Conv2d, dtype: torch.dtype, rows: int):
     return entry[2], entry[3]
 
 
+def _oneDNN_rows(conv: nn.Conv2d, rows: torch.Tensor, dtype: torch.dtype,
+                 attr: str = 'none', algorithm: str = '') -> torch.Tensor:
+    """``conv`` applied to ``(..., C)`` rows as one oneDNN product in ``dtype``, the bias
+    and the activation ``attr`` applied as it writes its output."""
+    weight, bias = _inference_operands(conv, dtype, rows.numel() // rows.shape[-1])
+    with torch.autocast('cpu', enabled=False):
+        return LINEAR_POINTWISE(rows.to(dtype), weight, bias, attr, [], algorithm)
+
+
 def _oneDNN_inference(conv: nn.Conv2d, x: torch.Tensor, attr: str = 'none',
                       algorithm: str = '') -> torch.Tensor:
-    """``conv(x)`` as one oneDNN product over the NHWC rows of channels-last ``x``, the
-    bias and the activation ``attr`` applied as it writes its output."""
-    dtype = compute_dtype(x, conv)
-    rows = x.shape[0] * x.shape[2] * x.shape[3]
-    weight, bias = _inference_operands(conv, dtype, rows)
-    with torch.autocast('cpu', enabled=False):
-        out = LINEAR_POINTWISE(x.to(dtype).permute(0, 2, 3, 1), weight, bias, attr, [],
-                               algorithm)
+    """``conv(x)`` as one oneDNN product over the NHWC rows of channels-last ``x``."""
+    out = _oneDNN_rows(conv, x.permute(0, 2, 3, 1), compute_dtype(x, conv), attr, algorithm)
     return out.permute(0, 3, 1, 2)
+
+
+def _gelu_algorithm(act: nn.GELU) -> str:
+    return 'tanh' if act.approximate == 'tanh' else 'none'
 
 
 def _inference(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
@@ -280,7 +291,7 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _from_rows(out, x)
     if not _inference(x, conv):
         return activate(act, pointwise_conv(conv, x))
-    return _oneDNN_inference(conv, x, 'gelu', 'tanh' if act.approximate == 'tanh' else 'none')
+    return _oneDNN_inference(conv, x, 'gelu', _gelu_algorithm(act))
 
 
 class _ChannelMLP(torch.autograd.Function):
@@ -324,14 +335,35 @@ class _ChannelMLP(torch.autograd.Function):
                 grad.sum(0) if need_b2 and ctx.has_bias[1] else None, None, None)
 
 
+def _mlp_in_blocks(fc1: nn.Conv2d, act: nn.GELU, fc2: nn.Conv2d, x: torch.Tensor,
+                   rows: int) -> torch.Tensor:
+    """Inference of ``fc2(gelu(fc1(x)))`` ``rows`` rows at a time, each block's output
+    written into the whole output while it is in the caches; the weights are packed once
+    for all the blocks."""
+    dtype = compute_dtype(x, fc1)
+    x_rows = _rows(x)
+    out = x_rows.new_empty(x_rows.shape[0], fc2.out_channels, dtype=dtype)
+    with packed_weights():
+        for start in range(0, x_rows.shape[0], rows):
+            hidden = _oneDNN_rows(fc1, x_rows[start:start + rows], dtype, 'gelu',
+                                  _gelu_algorithm(act))
+            out[start:start + rows] = _oneDNN_rows(fc2, hidden, dtype)
+            del hidden
+    return _from_rows(out, x)
+
+
 def channel_mlp(fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, x: torch.Tensor,
                 rows: int = CACHE_ROWS) -> torch.Tensor:
-    """``fc2(act(fc1(x)))`` for 1x1 convolutions; in training on channels-last CPU input
-    with a GELU, :class:`_ChannelMLP` with blocks of ``rows`` rows."""
+    """``fc2(act(fc1(x)))`` for 1x1 convolutions; on channels-last CPU input with a GELU,
+    in blocks of ``rows`` rows: in training :class:`_ChannelMLP`, in inference (on more
+    than ``rows`` rows) :func:`_mlp_in_blocks`."""
     if _fusable(x, act, fc1, fc2) and _fused_training(x, fc1, fc2):
         dtype = compute_dtype(x, fc1)
         with torch.autocast('cpu', enabled=False):
             out = _ChannelMLP.apply(_rows(x.to(dtype)), *_operands(fc1, dtype),
                                     *_operands(fc2, dtype), act.approximate, rows)
         return _from_rows(out, x)
+    if (_fusable(x, act, fc1, fc2) and _inference(x, fc1, fc2)
+            and x.numel() > rows * x.shape[1]):
+        return _mlp_in_blocks(fc1, act, fc2, x, rows)
     return pointwise_conv(fc2, conv_gelu(fc1, act, x))
