@@ -162,6 +162,26 @@ def test_chunked_inference_matches_reference(chunk_tokens, calls, monkeypatch):
     assert all(o.is_contiguous() for o in outs)
 
 
+def test_inference_on_images_larger_than_a_block_of_rows(monkeypatch):
+    """The MLP of CPU inference runs in blocks of rows where an image has more rows than a
+    block. A 268x236 image has 67x59 = 3953 pixels after the embedding: with blocks of
+    1000 rows, stage 0's one MLP runs in 4 blocks and stage 1's two (34x30) in 2 each."""
+    import asmlp_mm.models.asmlp as asmlp_module
+    monkeypatch.setattr(asmlp_module, 'channel_mlp', lambda fc1, act, fc2, x: (
+        pointwise.channel_mlp(fc1, act, fc2, x, rows=1000)))
+    blocks, in_blocks = [], pointwise._mlp_in_blocks
+    monkeypatch.setattr(pointwise, '_mlp_in_blocks', lambda fc1, act, fc2, x, rows: (
+        blocks.append(-(-x.shape[2] * x.shape[3] // rows))
+        or in_blocks(fc1, act, fc2, x, rows)))
+    model = randomize(ASMLP(TINY, out_indices=ALL_STAGES)).eval()
+    x = torch.randn(1, 3, 268, 236)
+    with torch.no_grad():
+        outs = model(x)
+        refs = reference_forward(model, x)
+    assert_outputs_close(outs, refs)
+    assert blocks == ([] if pointwise.LINEAR_POINTWISE is None else [4, 2, 2])
+
+
 @pytest.mark.parametrize('padding,connection', [('zero', 'parallel'), ('reflect', 'serial'),
                                                 ('circular', 'parallel')])
 def test_training_outputs_and_gradients_match_reference(padding, connection):
