@@ -348,7 +348,7 @@ def _mlp_in_blocks(fc1: nn.Conv2d, act: nn.GELU, fc2: nn.Conv2d, x: torch.Tensor
             hidden = _oneDNN_rows(fc1, x_rows[start:start + rows], dtype, 'gelu',
                                   _gelu_algorithm(act))
             out[start:start + rows] = _oneDNN_rows(fc2, hidden, dtype)
-            del hidden
+            del hidden  # freed before the next block's is made, which reuses its memory
     return _from_rows(out, x)
 
 
@@ -357,13 +357,13 @@ def channel_mlp(fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, x: torch.Tensor,
     """``fc2(act(fc1(x)))`` for 1x1 convolutions; on channels-last CPU input with a GELU,
     in blocks of ``rows`` rows: in training :class:`_ChannelMLP`, in inference (on more
     than ``rows`` rows) :func:`_mlp_in_blocks`."""
-    if _fusable(x, act, fc1, fc2) and _fused_training(x, fc1, fc2):
-        dtype = compute_dtype(x, fc1)
-        with torch.autocast('cpu', enabled=False):
-            out = _ChannelMLP.apply(_rows(x.to(dtype)), *_operands(fc1, dtype),
-                                    *_operands(fc2, dtype), act.approximate, rows)
-        return _from_rows(out, x)
-    if (_fusable(x, act, fc1, fc2) and _inference(x, fc1, fc2)
-            and x.numel() > rows * x.shape[1]):
-        return _mlp_in_blocks(fc1, act, fc2, x, rows)
+    if _fusable(x, act, fc1, fc2):
+        if _fused_training(x, fc1, fc2):
+            dtype = compute_dtype(x, fc1)
+            with torch.autocast('cpu', enabled=False):
+                out = _ChannelMLP.apply(_rows(x.to(dtype)), *_operands(fc1, dtype),
+                                        *_operands(fc2, dtype), act.approximate, rows)
+            return _from_rows(out, x)
+        if _inference(x, fc1, fc2) and x.numel() > rows * x.shape[1]:
+            return _mlp_in_blocks(fc1, act, fc2, x, rows)
     return pointwise_conv(fc2, conv_gelu(fc1, act, x))
