@@ -11,9 +11,10 @@ padding mode. For ``dilation=1`` and zero padding this is exactly the published 
 
 The output is written in one pass, instead of the published CPU path (pad, chunk, roll,
 concatenate, narrow), which makes several full passes over the tensor. On CPU a compiled
-kernel (:mod:`.cpu_kernel`) does the pass; elsewhere, and where the kernel is off or cannot
-be built, contiguous slices are copied straight into the output (one copy per group plus
-the few border rows). Under autograd a custom function runs the exact adjoint in backward
+kernel (:mod:`.cpu_kernel`) does the pass, on CUDA a Triton kernel (:mod:`.triton_kernel`),
+both from the same gather plan; elsewhere, and where the kernels are off or cannot be
+built, contiguous slices are copied straight into the output (one copy per group plus the
+few border rows). Under autograd a custom function runs the exact adjoint in backward
 (the opposite shift, plus the border rows folded back in for non-zero padding), so no
 intermediate tensors are kept.
 """
@@ -23,7 +24,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from . import cpu_kernel
+from . import cpu_kernel, triton_kernel
 from .pointwise import is_traced
 
 PADDING_MODES = ('zero', 'replicate', 'reflect', 'circular')
@@ -98,14 +99,21 @@ def gather_plan(channels: int, length: int, shift_size: int, dilation: int, padd
 
 
 def _use_kernel(x: Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.layout == torch.strided and not x.is_quantized
-            and x.element_size() in (1, 2, 4, 8) and not is_traced() and cpu_kernel.enabled())
+    """Whether a kernel takes the shift: the compiled one on CPU, the Triton one on CUDA."""
+    if x.layout != torch.strided or x.is_quantized or x.element_size() not in (1, 2, 4, 8) \
+            or is_traced():
+        return False
+    if x.device.type == 'cpu':
+        return cpu_kernel.enabled()
+    return x.device.type == 'cuda' and triton_kernel.enabled()
 
 
 def _kernel_shift(x: Tensor, dim: int, shift_size: int, dilation: int, padding: str,
                   adjoint: bool = False) -> Tensor:
     plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
-    return torch.ops.asmlp_mm.axial_gather(x, dim, *plan)
+    if x.device.type == 'cpu':
+        return torch.ops.asmlp_mm.axial_gather(x, dim, *plan)
+    return triton_kernel.axial_gather(x, dim, *plan)
 
 
 def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,

@@ -1,0 +1,143 @@
+"""The Triton kernel of the axial shift (the GPU path) against the PyTorch path.
+
+On a machine with a GPU these tests run on CUDA tensors. Without one they run on CPU
+tensors under Triton's interpreter: ``test_kernel_under_the_interpreter`` runs this module
+again in a subprocess with ``TRITON_INTERPRET=1`` (Triton reads it at import)."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel, triton_kernel
+from asmlp_mm.ops.axial_shift import _shift_adjoint, gather_plan
+
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+runs_here = pytest.mark.skipif(
+    not (torch.cuda.is_available() or INTERPRETED) or triton_kernel.triton is None,
+    reason='needs a GPU or TRITON_INTERPRET=1 (see test_kernel_under_the_interpreter)')
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+
+
+def pytorch_path(fn, *args):
+    """``fn(*args)`` on the CPU through the PyTorch path (no kernel), back on DEVICE."""
+    args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    with cpu_kernel.use_cpu_kernel(False):
+        return fn(*args).to(DEVICE)
+
+
+def gather(x, dim, shift_size, dilation, padding, adjoint=False):
+    plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
+    return triton_kernel.axial_gather(x, dim, *plan)
+
+
+def layouts(shape):
+    n, c, h, w = shape
+    x = torch.randn(shape, device=DEVICE)
+    return {
+        'contiguous': x,
+        'channels_last': x.contiguous(memory_format=torch.channels_last),
+        'strided view': torch.randn(n, h, c, w, device=DEVICE).transpose(1, 2),
+    }
+
+
+@runs_here
+def test_kernel_matches_pytorch_path():
+    torch.manual_seed(0)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool)
+    for (name, t), dtype in itertools.product(layouts((2, 13, 9, 11)).items(), dtypes):
+        t = (t > 0) if dtype == torch.bool else (t * 10).to(dtype)
+        for dim, padding, (shift_size, dilation) in itertools.product(
+                (2, 3), PADDING_MODES, ((5, 1), (7, 2), (3, 4))):
+            out = gather(t, dim, shift_size, dilation, padding)
+            ref = pytorch_path(axial_shift, t, dim, shift_size, dilation, padding)
+            case = (name, dtype, dim, padding, shift_size, dilation)
+            assert torch.equal(out, ref), case
+            assert out.dtype == dtype, case
+            assert out.is_contiguous(memory_format=torch.channels_last) == (
+                name == 'channels_last'), case
+
+
+@runs_here
+def test_adjoint_plan_matches_pytorch_adjoint():
+    """Backward of a zero-padded shift: the opposite shift, as the same gather."""
+    torch.manual_seed(0)
+    for (name, g), dim, (shift_size, dilation) in itertools.product(
+            layouts((2, 10, 6, 7)).items(), (2, 3), ((5, 1), (5, 3), (9, 1))):
+        out = gather(g, dim, shift_size, dilation, 'zero', adjoint=True)
+        ref = pytorch_path(_shift_adjoint, g, dim, shift_size, dilation, 'zero')
+        assert torch.equal(out, ref), (name, dim, shift_size, dilation)
+
+
+@runs_here
+def test_sizes_smaller_than_the_shifts_and_empty_tensors():
+    torch.manual_seed(0)
+    for shape in ((1, 3, 1, 2), (2, 5, 2, 1), (1, 1, 4, 4), (0, 6, 3, 3), (2, 7, 33, 40)):
+        for name, t in layouts(shape).items():
+            for dim, padding in itertools.product((2, 3), PADDING_MODES):
+                out = gather(t, dim, 5, 2, padding)
+                ref = pytorch_path(axial_shift, t, dim, 5, 2, padding)
+                assert torch.equal(out, ref), (shape, name, dim, padding)
+
+
+@runs_here
+def test_rows_longer_than_a_block():
+    """An inner block of more than MAX_BLOCK elements is cut into several programs."""
+    torch.manual_seed(0)
+    for name, t in layouts((1, 5, 3, triton_kernel.MAX_BLOCK // 2 + 3)).items():
+        for dim in (2, 3):
+            assert torch.equal(gather(t, dim, 5, 1, 'reflect'),
+                               pytorch_path(axial_shift, t, dim, 5, 1, 'reflect')), (name, dim)
+
+
+@runs_here
+def test_bad_plans_raise():
+    x = torch.randn(1, 5, 4, 4, device=DEVICE)
+    ends, shifts, index = gather_plan(5, 4, 5, 1, 'zero')
+    with pytest.raises(ValueError, match='NCHW tensor and dim 2 or 3'):
+        triton_kernel.axial_gather(x[0], 2, ends, shifts, index)
+    with pytest.raises(ValueError, match='NCHW tensor and dim 2 or 3'):
+        triton_kernel.axial_gather(x, 1, ends, shifts, index)
+    with pytest.raises(ValueError, match='plan does not fit'):
+        triton_kernel.axial_gather(x, 2, ends, shifts, index[:-1])
+
+
+@needs_cuda
+def test_shift_on_cuda_takes_the_kernel_and_its_gradients_match(monkeypatch):
+    calls = []
+    gather_fn = triton_kernel.axial_gather
+    monkeypatch.setattr(triton_kernel, 'axial_gather',
+                        lambda *a: calls.append(a[1]) or gather_fn(*a))
+    torch.manual_seed(0)
+    for padding in PADDING_MODES:
+        x = torch.randn(2, 12, 8, 9, device='cuda', requires_grad=True)
+        grad = torch.randn_like(x)
+        out = axial_shift(x, 3, 5, 2, padding)
+        out.backward(grad)
+        x_cpu = x.detach().cpu().requires_grad_()
+        with cpu_kernel.use_cpu_kernel(False):
+            ref = axial_shift(x_cpu, 3, 5, 2, padding)
+        ref.backward(grad.cpu())
+        assert torch.equal(out.detach().cpu(), ref.detach()), padding
+        torch.testing.assert_close(x.grad.cpu(), x_cpu.grad, rtol=0, atol=1e-6)
+        with triton_kernel.use_triton_kernel(False):
+            assert torch.equal(axial_shift(x.detach(), 3, 5, 2, padding), out.detach())
+    # forward for every mode, and the backward of the zero-padded shift
+    assert len(calls) == len(PADDING_MODES) + 1
+
+
+def test_kernel_under_the_interpreter():
+    if torch.cuda.is_available() or INTERPRETED:
+        pytest.skip('the tests of this module run directly here')
+    if triton_kernel.triton is None:
+        pytest.skip('Triton is not installed')
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__],
+        capture_output=True, text=True, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert '5 passed' in output, output[-2000:]
