@@ -86,3 +86,6 @@ def test_compare_models_hold_the_same_weights(capsys):
     assert names == ['AS-MLP-T (ours)', 'AS-MLP-T (published way)', 'Swin-T (mmpretrain)']
     out = capsys.readouterr().out
     assert 'ratio ours / AS-MLP-T (published way)' in out and 'roll/ours' in out
+    assert all(set(r['ms']) == {'clone', 'ours', 'ours-CL', 'slices', 'roll'}
+               for r in result['shift'])
+    assert 'slices/ours' in out

@@ -19,7 +19,8 @@ Side by side, in one process (``--compare``)::
 
 1. ``shift``: the axial shift alone on AS-MLP-T's stage-1 and stage-3 shapes, forward and
    forward+backward: ours (NCHW, and channels-last as the model runs it) vs ``x.clone()``
-   (the floor of any data movement) vs the published pad/chunk/roll/cat/narrow method;
+   (the floor of any data movement) vs the published pad/chunk/roll/cat/narrow method, and
+   ours on its PyTorch path (``slices``: without the CPU or Triton kernel);
 2. ``models``: AS-MLP-T classifier inference and training step: ours vs the same weights in
    the published model (:class:`PublishedASMLP`) vs mmpretrain's Swin-T;
 3. ``variants``: the same under channels-last memory and bf16/fp16 autocast;
@@ -378,19 +379,38 @@ def machine_info(device: torch.device) -> dict:
                     break
     info = dict(torch=torch.__version__, cpu=cpu, nproc=os.cpu_count(),
                 threads=torch.get_num_threads(), device=str(device))
+    from asmlp_mm.ops import cpu_kernel, triton_kernel
     if device.type == 'cpu':
-        from asmlp_mm.ops import cpu_kernel
         info['shift_kernel'] = cpu_kernel.enabled()
     info.update(allocator_settings())
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
+        info['shift_kernel'] = triton_kernel.enabled()
+        if triton_kernel.triton is not None:
+            info['triton'] = triton_kernel.triton.__version__
     return info
+
+
+@contextlib.contextmanager
+def no_shift_kernels():
+    """The axial shift on its PyTorch path (slice copies), CPU and Triton kernels off."""
+    from asmlp_mm.ops import cpu_kernel, triton_kernel
+    with cpu_kernel.use_cpu_kernel(False), triton_kernel.use_triton_kernel(False):
+        yield
+
+
+def _without_kernels(fn: Callable) -> Callable:
+    def call():
+        with no_shift_kernels():
+            return fn()
+    return call
 
 
 # ---------------------------------------------------------------- --compare sections
 
 def compare_shift(batch: int, repeats: int, device: torch.device) -> List[dict]:
-    """The shift op alone: ours vs clone vs pad/roll/cat/narrow, per stage and axis."""
+    """The shift op alone: ours vs clone vs pad/roll/cat/narrow, per stage and axis; and
+    ours without its kernel (``slices``: the PyTorch path)."""
     from asmlp_mm.models.published import roll_shift
     from asmlp_mm.ops import axial_shift
     results = []
@@ -403,21 +423,25 @@ def compare_shift(batch: int, repeats: int, device: torch.device) -> List[dict]:
                 'clone': (x, lambda t: t.clone()),
                 'ours': (x, lambda t: axial_shift(t, dim, 5)),
                 'ours-CL': (x_cl, lambda t: axial_shift(t, dim, 5)),
+                'slices': (x, lambda t: axial_shift(t, dim, 5)),  # run without kernels
                 'roll': (x, lambda t: roll_shift(t, dim, 5)),
             }
             for mode in ('fwd', 'fwd+bwd'):
                 fns = {name: _shift_call(op, t, mode) for name, (t, op) in ops.items()}
+                fns['slices'] = _without_kernels(fns['slices'])
                 times = time_blocks(fns, 2, repeats, device)
                 ms = {name: median_ms(t) for name, t in times.items()}
                 results.append(dict(stage=stage, axis=axis, mode=mode, ms=ms))
                 rows.append([f'{stage} {axis} {mode}', f'{ms["clone"]:.2f}',
                              f'{ms["ours"]:.2f}', f'{ms["ours-CL"]:.2f}',
-                             f'{ms["roll"]:.2f}', f'{ms["ours"] / ms["clone"]:.2f}x',
-                             f'{ms["roll"] / ms["ours"]:.2f}x'])
+                             f'{ms["slices"]:.2f}', f'{ms["roll"]:.2f}',
+                             f'{ms["ours"] / ms["clone"]:.2f}x',
+                             f'{ms["roll"] / ms["ours"]:.2f}x',
+                             f'{ms["slices"] / ms["ours"]:.2f}x'])
     print_table(f'Axial shift alone, batch {batch}, fp32 (median ms; stage 1: 96x56x56, '
-                f'stage 3: 384x14x14)',
-                ['case', 'clone', 'ours', 'ours-CL', 'pad/roll/cat', 'ours/clone',
-                 'roll/ours'], rows)
+                f'stage 3: 384x14x14; slices: ours without its kernel)',
+                ['case', 'clone', 'ours', 'ours-CL', 'slices', 'pad/roll/cat', 'ours/clone',
+                 'roll/ours', 'slices/ours'], rows)
     return results
 
 
