@@ -57,10 +57,12 @@ def test_gloo_sync_batchnorm_equals_batchnorm_on_the_whole_batch():
     torch.testing.assert_close(results[0][4], bn.running_var)
 
 
-def launch(script, *args, nproc=2):
+def launch(script, *args, cwd):
+    """Run a launcher script in ``cwd`` (mmengine's result collection writes a
+    ``.dist_test`` folder into the working folder)."""
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
     cmd = ['bash', osp.join(ROOT, 'tools', script), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -73,12 +75,12 @@ def test_two_process_train_and_test_match_single_process(tmp_path):
             f'test_dataloader.dataset.data_root={data}', 'train_cfg.max_epochs=2',
             'train_cfg.val_interval=2', 'train_dataloader.batch_size=4']
     work = tmp_path / 'work'
-    log = launch('dist_train.sh', CLS_DEMO, '2', '--work-dir', str(work), *opts)
+    log = launch('dist_train.sh', CLS_DEMO, '2', '--work-dir', str(work), *opts, cwd=tmp_path)
     assert 'Distributed launcher: pytorch' in log or 'distributed' in log.lower()
     ckpt = work / 'epoch_2.pth'
     assert ckpt.is_file()
     launch('dist_test.sh', CLS_DEMO, str(ckpt), '2', '--work-dir', str(work),
-           '--dump-metrics', str(tmp_path / 'two.json'), *opts)
+           '--dump-metrics', str(tmp_path / 'two.json'), *opts, cwd=tmp_path)
     single = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'test.py'), CLS_DEMO, str(ckpt),
          '--work-dir', str(work), '--dump-metrics', str(tmp_path / 'one.json'), *opts],
@@ -118,7 +120,7 @@ def test_two_process_training_with_syncbn_heads(tmp_path, config, make_options):
     options, checkpoint = make_options(str(tmp_path / 'data'))
     work = tmp_path / 'work'
     log = launch('dist_train.sh', osp.join(ROOT, 'configs', 'demo', config), '2',
-                 '--work-dir', str(work), '--cfg-options', *options)
+                 '--work-dir', str(work), '--cfg-options', *options, cwd=tmp_path)
     assert 'Distributed training: True' in log
     state = torch.load(work / checkpoint, weights_only=False)['state_dict']
     assert any(k.endswith('running_mean') and 'head' in k for k in state)
@@ -175,7 +177,7 @@ def test_two_process_test_equals_one_process(tmp_path, config, make_options):
     work = tmp_path / 'work'
     launch('dist_test.sh', config, checkpoint, '2', '--work-dir', str(work),
            '--dump-metrics', str(tmp_path / 'two.json'), '--out', str(tmp_path / 'two.pkl'),
-           *options)
+           *options, cwd=tmp_path)
     run_tool(osp.join(ROOT, 'tools', 'test.py'), config, checkpoint, '--work-dir', work,
              '--dump-metrics', tmp_path / 'one.json', '--out', tmp_path / 'one.pkl',
              *options, cwd=tmp_path, threads=1)
