@@ -1,12 +1,8 @@
 """The Triton kernel of the axial shift (the GPU path) against the PyTorch path.
 
 On a machine with a GPU these tests run on CUDA tensors. Without one they run on CPU
-tensors under Triton's interpreter: ``test_kernel_under_the_interpreter`` runs this module
-again in a subprocess with ``TRITON_INTERPRET=1`` (Triton reads it at import)."""
+tensors, the kernel executed by Triton's interpreter (what ``TRITON_INTERPRET=1`` does)."""
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,12 +10,20 @@ import torch
 from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel, triton_kernel
 from asmlp_mm.ops.axial_shift import _shift_adjoint, gather_plan
 
-INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-runs_here = pytest.mark.skipif(
-    not (torch.cuda.is_available() or INTERPRETED) or triton_kernel.triton is None,
-    reason='needs a GPU or TRITON_INTERPRET=1 (see test_kernel_under_the_interpreter)')
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+
+
+@pytest.fixture(autouse=True)
+def kernel_here(monkeypatch):
+    """Without a GPU, the kernel runs under Triton's interpreter, on CPU tensors."""
+    if triton_kernel.triton is None:
+        pytest.skip('Triton is not installed (a CPU-only PyTorch build)')
+    if DEVICE == 'cpu':
+        from triton.runtime.interpreter import InterpretedFunction
+        kernel = triton_kernel._axial_gather_kernel
+        monkeypatch.setattr(triton_kernel, '_axial_gather_kernel',
+                            InterpretedFunction(kernel.fn))
 
 
 def pytorch_path(fn, *args):
@@ -44,7 +48,6 @@ def layouts(shape):
     }
 
 
-@runs_here
 def test_kernel_matches_pytorch_path():
     torch.manual_seed(0)
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool)
@@ -61,7 +64,6 @@ def test_kernel_matches_pytorch_path():
                 name == 'channels_last'), case
 
 
-@runs_here
 def test_adjoint_plan_matches_pytorch_adjoint():
     """Backward of a zero-padded shift: the opposite shift, as the same gather."""
     torch.manual_seed(0)
@@ -72,7 +74,6 @@ def test_adjoint_plan_matches_pytorch_adjoint():
         assert torch.equal(out, ref), (name, dim, shift_size, dilation)
 
 
-@runs_here
 def test_sizes_smaller_than_the_shifts_and_empty_tensors():
     torch.manual_seed(0)
     for shape in ((1, 3, 1, 2), (2, 5, 2, 1), (1, 1, 4, 4), (0, 6, 3, 3), (2, 7, 33, 40)):
@@ -83,7 +84,6 @@ def test_sizes_smaller_than_the_shifts_and_empty_tensors():
                 assert torch.equal(out, ref), (shape, name, dim, padding)
 
 
-@runs_here
 def test_rows_longer_than_a_block():
     """An inner block of more than MAX_BLOCK elements is cut into several programs."""
     torch.manual_seed(0)
@@ -93,7 +93,6 @@ def test_rows_longer_than_a_block():
                                pytorch_path(axial_shift, t, dim, 5, 1, 'reflect')), (name, dim)
 
 
-@runs_here
 def test_bad_plans_raise():
     x = torch.randn(1, 5, 4, 4, device=DEVICE)
     ends, shifts, index = gather_plan(5, 4, 5, 1, 'zero')
@@ -127,17 +126,3 @@ def test_shift_on_cuda_takes_the_kernel_and_its_gradients_match(monkeypatch):
             assert torch.equal(axial_shift(x.detach(), 3, 5, 2, padding), out.detach())
     # forward for every mode, and the backward of the zero-padded shift
     assert len(calls) == len(PADDING_MODES) + 1
-
-
-def test_kernel_under_the_interpreter():
-    if torch.cuda.is_available() or INTERPRETED:
-        pytest.skip('the tests of this module run directly here')
-    if triton_kernel.triton is None:
-        pytest.skip('Triton is not installed')
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__],
-        capture_output=True, text=True, env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert '5 passed' in output, output[-2000:]

@@ -11,8 +11,8 @@ The kernel takes contiguous NCHW and channels-last tensors (others are made cont
 first) of any dtype, and writes its output in the same memory format. It is compiled on
 first use for each memory format, axis, dtype and block size (about a second each, cached
 by Triton on disk). Where Triton is not installed, the shift runs its PyTorch path; so it
-does with ``ASMLP_MM_TRITON=0``. With ``TRITON_INTERPRET=1`` Triton runs the kernel on CPU
-tensors (slowly), which is how the tests check it on machines without a GPU.
+does with ``ASMLP_MM_TRITON=0``. Triton's interpreter (``TRITON_INTERPRET=1``) runs the
+kernel on CPU tensors, slowly: that is how the tests check it on machines without a GPU.
 """
 import contextlib
 import functools
