@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and figures of asmlp-mm in one run:
-#   1. the GPU tests (tests/test_cuda.py, tests/test_triton_kernel.py);
+#   1. the device tests on the GPU (tests/test_devices.py, tests/test_triton_kernel.py);
 #   2. the speed comparison of docs/benchmarks.md on the GPU, batch 64: the shift alone,
 #      AS-MLP-T vs the published way vs Swin-T in fp32, channels-last and fp16 autocast;
 #   3. the backbone at a detection size (800x1216, batch 2), fp32 and fp16 autocast;
@@ -9,7 +9,8 @@
 #   bash tools/gpu_check.sh [OUT_DIR]        # default work_dirs/gpu_check
 #
 # Each step writes its output (and the benchmark its JSON) to OUT_DIR and the run goes on
-# after a failing step; the exit status says whether all passed. A few minutes on one H100.
+# after a failing step; the exit status says whether all passed. Not yet run on a GPU (a
+# few minutes expected on one H100).
 # Uses $PYTHON (default python3), which must have a CUDA build of torch. On an offline
 # machine that lacks the OpenMMLab packages, fetch their wheels elsewhere
 # (`bash tools/fetch_wheels.sh .whl`) and set WHEELS=.whl: they go to a temporary folder on
@@ -47,8 +48,8 @@ fi
 
 BENCH=("$PY" tools/analysis/benchmark.py)
 CONFIG=configs/asmlp/asmlp-tiny_8xb128_in1k.py
-export ASMLP_TEST_DEVICE=$DEVICE
-step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_triton_kernel.py
+step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py \
+    tests/test_triton_kernel.py
 step compare "${BENCH[@]}" --compare --device "$DEVICE" --batch "$BATCH" --repeats "$REPEATS" \
     --sections shift models variants --out "$OUT/compare.json"
 step backbone-800x1216-fp32 "${BENCH[@]}" "$CONFIG" --part backbone --device "$DEVICE" --batch 2 \
