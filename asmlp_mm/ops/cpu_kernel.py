@@ -10,15 +10,15 @@ later processes load the cached library. ``tools/install.sh`` builds it ahead.
 Where it cannot be built (no C++ compiler) the shift warns once and runs the PyTorch path,
 which gives the same results. ``ASMLP_MM_CPU_KERNEL=0`` turns the kernel off.
 """
-import contextlib
 import logging
 import os
 import re
 import time
 import warnings
-from typing import Iterator
 
 import torch
+
+from .switch import KernelSwitch
 
 SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'axial_shift.cpp')
 ENV_SWITCH = 'ASMLP_MM_CPU_KERNEL'
@@ -31,7 +31,7 @@ LDFLAGS = ['-fopenmp']
 # a build takes about 10 s; a build lock older than this was left by an interrupted one
 STALE_LOCK_S = 600
 
-_state = {'loaded': None, 'enabled': True}
+_state = {'loaded': None}
 
 
 def available() -> bool:
@@ -41,20 +41,11 @@ def available() -> bool:
     return _state['loaded']
 
 
-def enabled() -> bool:
-    """Whether the axial shift should use the kernel for CPU tensors now."""
-    return _state['enabled'] and available()
-
-
-@contextlib.contextmanager
-def use_cpu_kernel(flag: bool) -> Iterator[None]:
-    """Turn the kernel on or off inside the block (to compare it with the PyTorch path)."""
-    before = _state['enabled']
-    _state['enabled'] = flag
-    try:
-        yield
-    finally:
-        _state['enabled'] = before
+_switch = KernelSwitch(available)
+#: whether the axial shift should use the kernel for CPU tensors now
+enabled = _switch.enabled
+#: ``with use_cpu_kernel(False):`` turns the kernel off inside the block
+use_cpu_kernel = _switch.use
 
 
 def library_name() -> str:

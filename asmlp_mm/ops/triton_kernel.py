@@ -14,12 +14,13 @@ by Triton on disk). Where Triton is not installed, the shift runs its PyTorch pa
 does with ``ASMLP_MM_TRITON=0``. Triton's interpreter (``TRITON_INTERPRET=1``) runs the
 kernel on CPU tensors, slowly: that is how the tests check it on machines without a GPU.
 """
-import contextlib
 import functools
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
+
+from .switch import KernelSwitch
 
 try:
     import triton
@@ -31,28 +32,16 @@ ENV_SWITCH = 'ASMLP_MM_TRITON'
 #: the most elements of the inner block one program writes
 MAX_BLOCK = 1024
 
-_state = {'enabled': True}
-
-
 def available() -> bool:
     """Whether Triton is installed and the kernel is not switched off by the environment."""
     return triton is not None and os.environ.get(ENV_SWITCH, '1') != '0'
 
 
-def enabled() -> bool:
-    """Whether the axial shift should use the kernel for CUDA tensors now."""
-    return _state['enabled'] and available()
-
-
-@contextlib.contextmanager
-def use_triton_kernel(flag: bool) -> Iterator[None]:
-    """Turn the kernel on or off inside the block (to compare it with the PyTorch path)."""
-    before = _state['enabled']
-    _state['enabled'] = flag
-    try:
-        yield
-    finally:
-        _state['enabled'] = before
+_switch = KernelSwitch(available)
+#: whether the axial shift should use the kernel for CUDA tensors now
+enabled = _switch.enabled
+#: ``with use_triton_kernel(False):`` turns the kernel off inside the block
+use_triton_kernel = _switch.use
 
 
 if triton is not None:
