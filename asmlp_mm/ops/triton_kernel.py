@@ -32,6 +32,7 @@ ENV_SWITCH = 'ASMLP_MM_TRITON'
 #: the most elements of the inner block one program writes
 MAX_BLOCK = 1024
 
+
 def available() -> bool:
     """Whether Triton is installed and the kernel is not switched off by the environment."""
     return triton is not None and os.environ.get(ENV_SWITCH, '1') != '0'
