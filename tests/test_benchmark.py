@@ -1,5 +1,7 @@
 """tools/analysis/benchmark.py runs and reports; no timing is asserted."""
+import os
 import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -89,3 +91,33 @@ def test_compare_models_hold_the_same_weights(capsys):
     assert all(set(r['ms']) == {'clone', 'ours', 'ours-CL', 'slices', 'roll'}
                for r in result['shift'])
     assert 'slices/ours' in out
+
+
+def test_gpu_check_script_calls_the_tools_as_they_are(tmp_path):
+    """tools/gpu_check.sh (the GPU run of docs/benchmarks.md) calls tests that exist and the
+    benchmark with flags it takes. Run here with DEVICE=cpu and a stand-in python that only
+    records its arguments."""
+    calls = tmp_path / 'calls'
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nprintf "%s\\037" "$@" >> {calls}\necho >> {calls}\n')
+    python.chmod(0o755)
+    out = tmp_path / 'out'
+    env = dict(os.environ, PYTHON=str(python), DEVICE='cpu', COMPILE='1')
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'gpu_check.sh'), str(out)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'all steps passed' in result.stdout
+    argv = [line.split('\x1f')[:-1] for line in calls.read_text().splitlines()]
+    tests = [a for a in argv if a[:2] == ['-m', 'pytest']]
+    assert len(tests) == 1
+    targets = [t for t in tests[0] if t.startswith('tests/')]
+    assert targets and all(osp.isfile(osp.join(ROOT, t)) for t in targets)
+    runs = [a[1:] for a in argv if a[0] == 'tools/analysis/benchmark.py']
+    assert len(runs) == 4  # --compare, the backbone in fp32 and AMP, the compiled models
+    for args in runs:
+        parsed = benchmark.parse_args(args)
+        assert parsed.device == 'cpu' and parsed.out.startswith(str(out))
+        assert parsed.compare or osp.isfile(osp.join(ROOT, parsed.config))
+    assert len(tests) + len(runs) == len(argv)
+    assert sorted(os.listdir(out)) == ['backbone-800x1216-amp.txt', 'backbone-800x1216-fp32.txt',
+                                       'compare.txt', 'compile.txt', 'tests.txt']
