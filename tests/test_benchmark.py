@@ -1,4 +1,5 @@
 """tools/analysis/benchmark.py runs and reports; no timing is asserted."""
+import json
 import os
 import os.path as osp
 import subprocess
@@ -121,3 +122,19 @@ def test_gpu_check_script_calls_the_tools_as_they_are(tmp_path):
     assert len(tests) + len(runs) == len(argv)
     assert sorted(os.listdir(out)) == ['backbone-800x1216-amp.txt', 'backbone-800x1216-fp32.txt',
                                        'compare.txt', 'compile.txt', 'tests.txt']
+
+
+def test_keep_memory_is_applied_and_named_in_the_machine_line(tmp_path):
+    """--keep-memory (in a fresh process: the setting lasts for the life of the process)."""
+    from asmlp_mm.engine import memory
+    env = {k: v for k, v in os.environ.items()
+           if k not in (memory.ENV_SWITCH, *memory.ALLOCATOR_SETTINGS)}
+    out = tmp_path / 'result.json'
+    for flag, named in (['--keep-memory'], True), ([], False):
+        subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'),
+                        CLS_DEMO, '--mode', 'infer', '--batch', '1', '--shape', '32',
+                        '--warmup', '0', '--repeats', '1', '--out', str(out), *flag],
+                       env=env, check=True, capture_output=True)
+        with open(out) as f:
+            machine = json.load(f)['machine']
+        assert machine.get('keep_freed_memory', False) is named

@@ -1,3 +1,4 @@
+import os
 import os.path as osp
 import random
 import subprocess
@@ -124,3 +125,42 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, task):
     losses = [c['message_hub']['log_scalars']['train/loss']._log_history[-2:].tolist()
               for c in (full, resumed)]
     assert losses[0] == losses[1]
+
+
+FREE_64MB = '''
+import os, sys, torch
+from asmlp_mm.engine import keep_freed_memory
+def resident():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+kept = keep_freed_memory()
+assert keep_freed_memory() == kept  # a second call changes nothing
+x = torch.ones(64 * 2**20 // 4)  # 64 MB, written
+before = resident()
+del x
+print(kept, (before - resident()) / 2**20)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc, /proc')
+@pytest.mark.parametrize('setting,kept', [
+    ({}, True),
+    ({'ASMLP_MM_KEEP_MEMORY': '0'}, False),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=1'}, False),
+])
+def test_keep_freed_memory(setting, kept):
+    """A CPU run keeps the 64 MB it frees (tools/train.py and test.py ask for it), unless
+    turned off or the environment already chooses the allocator's behaviour. In a fresh
+    process, since the setting lasts for the life of the process."""
+    from asmlp_mm.engine import memory
+    env = {k: v for k, v in os.environ.items()
+           if k not in (memory.ENV_SWITCH, *memory.ALLOCATOR_SETTINGS)}
+    result = subprocess.run([sys.executable, '-c', FREE_64MB], env={**env, **setting},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    applied, returned_mb = result.stdout.split()
+    assert applied == str(kept)
+    if kept:
+        assert float(returned_mb) < 8, returned_mb
+    else:
+        assert float(returned_mb) > 56, returned_mb

@@ -44,7 +44,19 @@ def load_config(args) -> Config:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     compat.adapt_to_device(cfg)
+    keep_memory_on_cpu()
     return cfg
+
+
+def keep_memory_on_cpu():
+    """Without CUDA the model runs on the CPU: let glibc keep the memory it frees
+    (:mod:`asmlp_mm.engine.memory`; ``ASMLP_MM_KEEP_MEMORY=0`` turns this off)."""
+    import torch
+    from mmengine.logging import print_log
+    from asmlp_mm.engine import keep_freed_memory
+    if not torch.cuda.is_available() and keep_freed_memory():
+        print_log('CPU run: glibc keeps the memory it frees, for speed '
+                  '(ASMLP_MM_KEEP_MEMORY=0 to turn off)', logger='current')
 
 
 _distributed_run = False

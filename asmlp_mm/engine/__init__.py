@@ -2,10 +2,11 @@ from .checkpoint import (AtomicLocalBackend, CheckpointFitsHook, CheckpointMisma
                          describe_mismatches, find_resumable_checkpoint,
                          state_dict_mismatches, use_atomic_local_writes)
 from .loops import ReseedingEpochBasedTrainLoop, ReseedingIterBasedTrainLoop, reseed
+from .memory import keep_freed_memory
 
 __all__ = [
     'AtomicLocalBackend', 'CheckpointFitsHook', 'CheckpointMismatchError',
     'describe_mismatches', 'find_resumable_checkpoint',
     'state_dict_mismatches', 'use_atomic_local_writes', 'ReseedingEpochBasedTrainLoop',
-    'ReseedingIterBasedTrainLoop', 'reseed'
+    'ReseedingIterBasedTrainLoop', 'reseed', 'keep_freed_memory'
 ]

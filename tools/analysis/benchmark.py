@@ -383,6 +383,9 @@ def machine_info(device: torch.device) -> dict:
     if device.type == 'cpu':
         info['shift_kernel'] = cpu_kernel.enabled()
     info.update(allocator_settings())
+    from asmlp_mm.engine import memory
+    if memory.applied():
+        info['keep_freed_memory'] = True
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
         info['shift_kernel'] = triton_kernel.enabled()
@@ -595,6 +598,9 @@ def parse_args(argv=None):
                         help='also list the N operators that take the most time (one '
                         'config only)')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads')
+    parser.add_argument('--keep-memory', action='store_true',
+                        help='let glibc keep the memory the process frees, as tools/train.py '
+                        'and test.py do on CPU (asmlp_mm.engine.keep_freed_memory)')
     parser.add_argument('--out', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
@@ -616,6 +622,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_memory:
+        from asmlp_mm.engine import keep_freed_memory
+        keep_freed_memory()
     result = run_compare(args) if args.compare else run_config(args)
     if args.out:
         with open(args.out, 'w') as f:
