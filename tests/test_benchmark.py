@@ -12,6 +12,8 @@ sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 
 import benchmark  # noqa: E402
 
+from asmlp_mm.engine import memory  # noqa: E402
+
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
 
 
@@ -40,7 +42,7 @@ def test_machine_line_names_the_allocator_settings(monkeypatch):
                'MALLOC_MMAP_THRESHOLD_': '4294967296', 'TCMALLOC_RELEASE_RATE': '0',
                'THP_MEM_ALLOC_ENABLE': '1', 'LD_PRELOAD': '', 'LD_LIBRARY_PATH': '/x',
                'MALLOCX': 'no', 'THP_MEM_ALLOC_ENABLED': 'no', 'HOME': '/root'}
-    assert list(benchmark.allocator_settings(environ)) == [
+    assert list(memory.allocator_settings(environ)) == [
         'GLIBC_TUNABLES', 'MALLOC_CONF', 'MALLOC_MMAP_THRESHOLD_', 'TCMALLOC_RELEASE_RATE',
         'THP_MEM_ALLOC_ENABLE']
     for name in ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_TRIM_THRESHOLD_'):
@@ -126,9 +128,8 @@ def test_gpu_check_script_calls_the_tools_as_they_are(tmp_path):
 
 def test_keep_memory_is_applied_and_named_in_the_machine_line(tmp_path):
     """--keep-memory (in a fresh process: the setting lasts for the life of the process)."""
-    from asmlp_mm.engine import memory
     env = {k: v for k, v in os.environ.items()
-           if k not in (memory.ENV_SWITCH, *memory.ALLOCATOR_SETTINGS)}
+           if k != memory.ENV_SWITCH and k not in memory.allocator_settings()}
     out = tmp_path / 'result.json'
     for flag, named in (['--keep-memory'], True), ([], False):
         subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'),

@@ -14,7 +14,7 @@ import asmlp_mm  # noqa: F401  (installs the atomic backend and checkpoint loade
 from asmlp_mm.compat import CheckpointError, load_local_checkpoint
 from asmlp_mm.datasets import make_classification_folder
 from asmlp_mm.datasets.ade import make_ade_dataset
-from asmlp_mm.engine import AtomicLocalBackend, find_resumable_checkpoint, reseed
+from asmlp_mm.engine import AtomicLocalBackend, find_resumable_checkpoint, memory, reseed
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
@@ -152,9 +152,8 @@ def test_keep_freed_memory(setting, kept):
     """A CPU run keeps the 64 MB it frees (tools/train.py and test.py ask for it), unless
     turned off or the environment already chooses the allocator's behaviour. In a fresh
     process, since the setting lasts for the life of the process."""
-    from asmlp_mm.engine import memory
     env = {k: v for k, v in os.environ.items()
-           if k not in (memory.ENV_SWITCH, *memory.ALLOCATOR_SETTINGS)}
+           if k != memory.ENV_SWITCH and k not in memory.allocator_settings()}
     result = subprocess.run([sys.executable, '-c', FREE_64MB], env={**env, **setting},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,11 +15,14 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Dict, Mapping, Optional
 
 ENV_SWITCH = 'ASMLP_MM_KEEP_MEMORY'
-#: environment variables with which the user has chosen the allocator's behaviour already
-ALLOCATOR_SETTINGS = ('GLIBC_TUNABLES', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
-                      'LD_PRELOAD')
+#: environment variables that change what fresh memory costs (docs/benchmarks.md, section
+#: 4): a preloaded allocator, glibc's malloc settings (the tunables and their older
+#: ``MALLOC_*_`` spellings), jemalloc's and tcmalloc's, and PyTorch's huge-page switch
+ALLOCATOR_VARIABLES = ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_', 'TCMALLOC_',
+                       'THP_MEM_ALLOC_ENABLE')
 # mallopt(3) parameters
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -27,6 +30,14 @@ M_MMAP_THRESHOLD = -3
 THRESHOLD = 2**31 - 1
 
 _applied = []
+
+
+def allocator_settings(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The set ones of :data:`ALLOCATOR_VARIABLES` in ``environ`` (default: this process's
+    environment); a trailing ``_`` matches a prefix."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in sorted(environ.items()) if value and any(
+        name.startswith(v) if v.endswith('_') else name == v for v in ALLOCATOR_VARIABLES)}
 
 
 def applied() -> bool:
@@ -39,14 +50,14 @@ def keep_freed_memory() -> bool:
     processes it forks, e.g. data loader workers). Returns whether they are raised now.
 
     Does nothing (returns False) where the C library is not glibc, where
-    ``ASMLP_MM_KEEP_MEMORY=0``, or where the environment already sets the allocator's
-    behaviour (``GLIBC_TUNABLES``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-    ``LD_PRELOAD``). Calling it again changes nothing.
+    ``ASMLP_MM_KEEP_MEMORY=0``, or where the environment already sets what fresh memory
+    costs (any of :data:`ALLOCATOR_VARIABLES`: a preloaded allocator, glibc's settings,
+    ...). Calling it again changes nothing.
     """
     if _applied:
         return True
     if os.environ.get(ENV_SWITCH, '1') == '0' or not sys.platform.startswith('linux') \
-            or any(os.environ.get(name) for name in ALLOCATOR_SETTINGS):
+            or allocator_settings():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')

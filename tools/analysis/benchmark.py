@@ -354,21 +354,6 @@ def print_table(title: str, header: Sequence[str], rows: List[Sequence]) -> None
             print(line)
 
 
-#: environment variables that change what fresh memory costs, and with it the CPU figures
-#: (docs/benchmarks.md, section 4): a preloaded allocator, glibc's malloc settings (the
-#: tunables and their older ``MALLOC_*_`` spellings), jemalloc's and tcmalloc's, and
-#: PyTorch's huge-page switch
-ALLOCATOR_VARIABLES = ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_', 'TCMALLOC_',
-                       'THP_MEM_ALLOC_ENABLE')
-
-
-def allocator_settings(environ=None) -> Dict[str, str]:
-    """The set ones of :data:`ALLOCATOR_VARIABLES` (a trailing ``_`` matches a prefix)."""
-    environ = os.environ if environ is None else environ
-    return {name: value for name, value in sorted(environ.items()) if value and any(
-        name.startswith(v) if v.endswith('_') else name == v for v in ALLOCATOR_VARIABLES)}
-
-
 def machine_info(device: torch.device) -> dict:
     cpu = platform.processor() or 'unknown'
     with contextlib.suppress(OSError):
@@ -382,8 +367,8 @@ def machine_info(device: torch.device) -> dict:
     from asmlp_mm.ops import cpu_kernel, triton_kernel
     if device.type == 'cpu':
         info['shift_kernel'] = cpu_kernel.enabled()
-    info.update(allocator_settings())
     from asmlp_mm.engine import memory
+    info.update(memory.allocator_settings())
     if memory.applied():
         info['keep_freed_memory'] = True
     if device.type == 'cuda':
