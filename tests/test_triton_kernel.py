@@ -2,6 +2,7 @@
 
 On a machine with a GPU these tests run on CUDA tensors. Without one they run on CPU
 tensors, the kernel executed by Triton's interpreter (what ``TRITON_INTERPRET=1`` does)."""
+import importlib
 import itertools
 
 import pytest
@@ -126,3 +127,58 @@ def test_shift_on_cuda_takes_the_kernel_and_its_gradients_match(monkeypatch):
             assert torch.equal(axial_shift(x.detach(), 3, 5, 2, padding), out.detach())
     # forward for every mode, and the backward of the zero-padded shift
     assert len(calls) == len(PADDING_MODES) + 1
+
+
+class FailingKernel:
+    """Stands in for a kernel that Triton cannot compile or launch here, after ``works``
+    launches of ``kernel`` that went well."""
+
+    def __init__(self, error, works=0, kernel=None):
+        self.error, self.works, self.kernel = error, works, kernel
+
+    def __getitem__(self, grid):
+        if self.works > 0:
+            self.works -= 1
+            return self.kernel[grid]
+
+        def launch(*args, **kwargs):
+            raise self.error
+        return launch
+
+
+@pytest.mark.parametrize('failing', ['forward', 'backward'])
+def test_a_failing_kernel_turns_itself_off_and_the_shift_still_runs(monkeypatch, failing):
+    """Where Triton fails on a machine, the shift warns once, turns the kernel off and
+    takes the PyTorch path, in forward or in backward. (Routed here through CPU tensors.)"""
+    shift_module = importlib.import_module('asmlp_mm.ops.axial_shift')  # not the function
+    monkeypatch.setattr(triton_kernel._switch, 'on', True)  # restored after the test
+    monkeypatch.setattr(triton_kernel, '_axial_gather_kernel', FailingKernel(
+        RuntimeError('ptxas fatal: no such GPU'), works=int(failing == 'backward'),
+        kernel=triton_kernel._axial_gather_kernel))
+    monkeypatch.setattr(shift_module, '_use_kernel', lambda x: triton_kernel.enabled())
+    monkeypatch.setattr(shift_module, '_kernel_shift', lambda x, dim, *args, adjoint=False: (
+        triton_kernel.try_axial_gather(x, dim, *gather_plan(
+            x.shape[1], x.shape[dim], *args, adjoint))))
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 6, 7, device=DEVICE, requires_grad=True)
+    grad = torch.randn_like(x)
+    with pytest.warns(RuntimeWarning, match='ptxas fatal.*PyTorch path'):
+        out = axial_shift(x, 2, 5, 1, 'zero')
+        out.backward(grad)
+    assert not triton_kernel.enabled()
+    ref_x = x.detach().cpu().requires_grad_()
+    with cpu_kernel.use_cpu_kernel(False):
+        ref = axial_shift(ref_x, 2, 5, 1, 'zero')
+        ref.backward(grad.cpu())
+    assert torch.equal(out.detach().cpu(), ref.detach())
+    assert torch.equal(x.grad.cpu(), ref_x.grad)
+
+
+def test_out_of_memory_is_raised_as_it_is(monkeypatch):
+    monkeypatch.setattr(triton_kernel._switch, 'on', True)
+    monkeypatch.setattr(triton_kernel, '_axial_gather_kernel',
+                        FailingKernel(torch.OutOfMemoryError('out of memory')))
+    x = torch.randn(1, 5, 4, 4, device=DEVICE)
+    with pytest.raises(torch.OutOfMemoryError):
+        triton_kernel.try_axial_gather(x, 2, *gather_plan(5, 4, 5, 1, 'zero'))
+    assert triton_kernel.enabled()

@@ -19,7 +19,7 @@ few border rows). Under autograd a custom function runs the exact adjoint in bac
 intermediate tensors are kept.
 """
 import functools
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -109,17 +109,20 @@ def _use_kernel(x: Tensor) -> bool:
 
 
 def _kernel_shift(x: Tensor, dim: int, shift_size: int, dilation: int, padding: str,
-                  adjoint: bool = False) -> Tensor:
+                  adjoint: bool = False) -> Optional[Tensor]:
+    """The shift by the device's kernel; ``None`` where the Triton kernel failed to run
+    (it then turns itself off with a warning, and the caller takes the PyTorch path)."""
     plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
     if x.device.type == 'cpu':
         return torch.ops.asmlp_mm.axial_gather(x, dim, *plan)
-    return triton_kernel.axial_gather(x, dim, *plan)
+    return triton_kernel.try_axial_gather(x, dim, *plan)
 
 
 def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
-    if _use_kernel(x):
-        return _kernel_shift(x, dim, shift_size, dilation, padding)
+    out = _kernel_shift(x, dim, shift_size, dilation, padding) if _use_kernel(x) else None
+    if out is not None:
+        return out
     out = torch.empty_like(x)
     length = x.shape[dim]
     groups = group_shifts(x.shape[1], shift_size, dilation)
@@ -184,7 +187,9 @@ def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
                    padding: str) -> Tensor:
     """Transpose of :func:`_shift_forward`: the gradient w.r.t. its input."""
     if padding == 'zero' and _use_kernel(grad):
-        return _kernel_shift(grad, dim, shift_size, dilation, padding, adjoint=True)
+        out = _kernel_shift(grad, dim, shift_size, dilation, padding, adjoint=True)
+        if out is not None:
+            return out
     out = torch.zeros_like(grad) if padding != 'zero' else torch.empty_like(grad)
     length = grad.shape[dim]
     for c0, c1, shift in group_shifts(grad.shape[1], shift_size, dilation):

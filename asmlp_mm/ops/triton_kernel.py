@@ -11,12 +11,14 @@ The kernel takes contiguous NCHW and channels-last tensors (others are made cont
 first) of any dtype, and writes its output in the same memory format. It is compiled on
 first use for each memory format, axis, dtype and block size (about a second each, cached
 by Triton on disk). Where Triton is not installed, the shift runs its PyTorch path; so it
-does with ``ASMLP_MM_TRITON=0``. Triton's interpreter (``TRITON_INTERPRET=1``) runs the
+does with ``ASMLP_MM_TRITON=0``, and so it does, with a warning, where the kernel fails to
+compile or launch (:func:`try_axial_gather`). Triton's interpreter (``TRITON_INTERPRET=1``) runs the
 kernel on CPU tensors, slowly: that is how the tests check it on machines without a GPU.
 """
 import functools
 import os
-from typing import Sequence
+import warnings
+from typing import Optional, Sequence
 
 import torch
 
@@ -118,3 +120,22 @@ def axial_gather(x: torch.Tensor, dim: int, group_ends: Sequence[int],
                                x.stride(dim), CHANNELS_LAST=channels_last,
                                SHIFT_AXIS=shift_axis, BLOCK=block)
     return out
+
+
+def try_axial_gather(x: torch.Tensor, dim: int, group_ends: Sequence[int],
+                     shifts: Sequence[int], index: Sequence[int]) -> Optional[torch.Tensor]:
+    """:func:`axial_gather`, or ``None`` where Triton fails to compile or launch the kernel
+    on this machine: the kernel then turns itself off for the rest of the process, with a
+    warning, and the shift takes its PyTorch path (same results). Running out of memory is
+    raised as it is."""
+    try:
+        return axial_gather(x, dim, group_ends, shifts, index)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # a compiler's or driver's error, of whatever type
+        _switch.on = False
+        warnings.warn(f'asmlp_mm: the Triton kernel of the axial shift failed '
+                      f'({type(err).__name__}: {str(err).strip()[:500]}); the shift runs '
+                      f'its PyTorch path instead (same results, more kernel launches). Set '
+                      f'{ENV_SWITCH}=0 to skip the kernel.', RuntimeWarning)
+        return None
