@@ -67,12 +67,28 @@ def run_task(task, work_root):
     return keys, results, work_dir
 
 
-def main():
+#: what runs without task arguments
+DEFAULT_TASKS = ['det', 'seg']
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('tasks', nargs='*', choices=sorted(TASKS), default=['det', 'seg'])
+    # checked below, not with choices=: argparse (3.11) checks the value of an empty
+    # nargs='*' positional, a list, against the choices as a whole and rejects it
+    parser.add_argument('tasks', nargs='*', metavar='{' + ','.join(sorted(TASKS)) + '}',
+                        help=f'tasks to run (default: {" ".join(DEFAULT_TASKS)})')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f'unknown task(s) {unknown}; choose from {sorted(TASKS)}')
+    args.tasks = args.tasks or list(DEFAULT_TASKS)
+    return args
+
+
+def main():
+    args = parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     summary = []
     for task in args.tasks:
