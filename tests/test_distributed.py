@@ -191,3 +191,28 @@ def test_two_process_test_equals_one_process(tmp_path, config, make_options):
         two_predictions = pickle.load(f)
     assert len(one_predictions) == 3
     assert_same_predictions(one_predictions, two_predictions)
+
+
+def test_slurm_script_asks_srun_for_one_task_per_gpu(tmp_path):
+    """tools/slurm_train.sh builds the srun command of an mmdet-style slurm launch (run
+    here with a stand-in srun that records its arguments)."""
+    calls = tmp_path / 'srun_calls'
+    srun = tmp_path / 'bin' / 'srun'
+    srun.parent.mkdir()
+    srun.write_text(f'#!/bin/sh\nprintf "%s\\037" "$@" >> {calls}\necho >> {calls}\n')
+    srun.chmod(0o755)
+    env = dict(os.environ, PATH=f'{srun.parent}:{os.environ["PATH"]}', GPUS='4',
+               GPUS_PER_NODE='2', PYTHON='python3')
+    script = osp.join(ROOT, 'tools', 'slurm_train.sh')
+    for args in (['part', 'job', 'cfg.py', 'out', '--cfg-options', 'a=1'],
+                 ['part', 'job', 'cfg.py']):
+        subprocess.run(['bash', script, *args], env=env, check=True, capture_output=True,
+                       cwd=tmp_path)
+    with_dir, without = [line.split('\x1f')[:-1] for line in calls.read_text().splitlines()]
+    train = osp.join(ROOT, 'tools', 'train.py')
+    assert with_dir[:6] == ['-p', 'part', '--job-name=job', '--gres=gpu:2', '--ntasks=4',
+                            '--ntasks-per-node=2']
+    assert with_dir[-8:] == ['python3', '-u', train, 'cfg.py', '--work-dir=out',
+                             '--launcher=slurm', '--cfg-options', 'a=1']
+    assert without[-6:] == ['python3', '-u', train, 'cfg.py', '--work-dir=work_dirs/job',
+                            '--launcher=slurm']

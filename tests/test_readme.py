@@ -8,6 +8,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 
+import demo  # noqa: E402
 from model_zoo_table import readme_zoo, zoo_markdown  # noqa: E402
 
 
@@ -32,7 +33,6 @@ def test_make_demo_runs_detection_and_segmentation_by_default(monkeypatch, tmp_p
     """`make demo` runs tools/demo.py without arguments: the det and seg tasks, then one
     table (each task's training and testing is stubbed out here; the end-to-end tests of
     detection and segmentation run the same tools)."""
-    import demo
     ran = []
 
     def run_task(task, work_root):
@@ -51,3 +51,21 @@ def test_make_demo_runs_detection_and_segmentation_by_default(monkeypatch, tmp_p
     with pytest.raises(SystemExit):
         demo.parse_args(['classification'])
     assert 'unknown task' in capsys.readouterr().err
+
+
+def test_make_demo_data_writes_the_datasets(tmp_path):
+    """The demo's data step, tools/make_demo_data.py KIND ROOT: every kind names a generator
+    of asmlp_mm.datasets, and the command line writes a dataset."""
+    import importlib
+    import subprocess
+
+    import make_demo_data
+    assert set(make_demo_data.GENERATORS) == {kind for kind, *_ in demo.TASKS.values()}
+    for module, func, _ in make_demo_data.GENERATORS.values():
+        assert callable(getattr(importlib.import_module(f'asmlp_mm.datasets.{module}'), func))
+    root = tmp_path / 'cls'
+    result = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'make_demo_data.py'),
+                             'cls', str(root)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'wrote the cls demo dataset to {root}' in result.stdout
+    assert len(list((root / 'train').rglob('*.png'))) >= 4
