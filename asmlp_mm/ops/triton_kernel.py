@@ -12,8 +12,9 @@ first) of any dtype, and writes its output in the same memory format. It is comp
 first use for each memory format, axis, dtype and block size (about a second each, cached
 by Triton on disk). Where Triton is not installed, the shift runs its PyTorch path; so it
 does with ``ASMLP_MM_TRITON=0``, and so it does, with a warning, where the kernel fails to
-compile or launch (:func:`try_axial_gather`). Triton's interpreter (``TRITON_INTERPRET=1``) runs the
-kernel on CPU tensors, slowly: that is how the tests check it on machines without a GPU.
+compile or launch (:func:`try_axial_gather`). Triton's interpreter (``TRITON_INTERPRET=1``)
+runs the kernel on CPU tensors, slowly: that is how the tests check it on machines without
+a GPU.
 """
 import functools
 import os
