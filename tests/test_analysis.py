@@ -186,7 +186,6 @@ def test_receptive_field_bad_model_name():
 
 
 def test_cam_through_mmpretrain_vis_cam(tmp_path):
-    pytest.importorskip('pytorch_grad_cam')  # optional: pip install "grad-cam<1.5"
     import cv2
     config = tmp_path / 'asmlp_tiny.py'
     config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("
