@@ -1,10 +1,10 @@
 """Class activation maps of an AS-MLP classifier through mmpretrain's own CAM tool.
 
 mmpretrain ships ``tools/visualization/vis_cam.py`` inside the installed package (it needs
-``grad-cam>=1.3.7,<1.5``, in ``requirements.txt``). This wrapper finds that script and runs it with the
-given arguments, so that any of its options work unchanged. For AS-MLP the default target
-layer is the last norm of the backbone (``backbone.norm3``, the final GroupNorm before
-pooling), which is what Grad-CAM needs for a CNN-like NCHW feature map.
+``grad-cam>=1.3.7,<1.5``, in ``requirements.txt``). This wrapper finds that script and runs
+it with the given arguments, so that any of its options work unchanged. For AS-MLP the
+default target layer is the last norm of the backbone (``backbone.norm3``, the final
+GroupNorm before pooling), which is what Grad-CAM needs for a CNN-like NCHW feature map.
 
 Example::
 
