@@ -1,7 +1,9 @@
-"""Fixes for the pinned stack (mmengine 0.10.7 on torch >= 2.6, CPU-only machines).
+"""Fixes for the pinned stack (mmengine 0.10.7 on torch >= 2.6, CPU-only machines) and for
+older torch releases.
 
 Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and registers the
-classes below; each item says why it exists and when it can go.
+classes below; :class:`~asmlp_mm.models.ASMLP` applies :func:`guard_group_norms`. Each item
+says why it exists and when it can go.
 """
 import os
 import pickle
@@ -9,12 +11,43 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn as nn
 from mmengine.logging import HistoryBuffer
 from mmengine.model.wrappers import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+#: PyTorch before 2.14 crashes (segmentation fault) in the CPU backward of GroupNorm when the
+#: input is channels-last and needs no gradient while the norm's weight or bias does. In
+#: AS-MLP that is the first norm after frozen layers, e.g. with ``frozen_stages >= 0``
+#: (seen on torch 2.11 and 2.13; 2.14.1 works). Remove with the hook below once torch >= 2.14
+#: is required.
+GROUP_NORM_NEEDS_INPUT_GRAD = torch.__version__ < '2.14'
+
+
+def _group_norm_input_with_grad(module: nn.GroupNorm, args):
+    """Forward pre-hook: where the crash above would happen, the norm's input goes in as a
+    leaf that requires grad (the same memory, detached), so that the backward takes the
+    path that also computes the input's gradient, which nothing then uses."""
+    x = args[0]
+    if (torch.is_grad_enabled() and x.device.type == 'cpu' and not x.requires_grad
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and any(p.requires_grad for p in module.parameters(recurse=False))
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+        return (x.detach().requires_grad_(), ) + tuple(args[1:])
+    return None
+
+
+def guard_group_norms(model: nn.Module) -> None:
+    """Give every GroupNorm of ``model`` the hook above, on the torch versions that need it
+    (:data:`GROUP_NORM_NEEDS_INPUT_GRAD`); elsewhere do nothing."""
+    if GROUP_NORM_NEEDS_INPUT_GRAD:
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.register_forward_pre_hook(_group_norm_input_with_grad)
 
 
 class CheckpointError(RuntimeError):

@@ -93,6 +93,45 @@ def test_frozen_stages():
     assert torch.equal(before, model.stages[0].blocks[0].mlp.fc1.weight)
 
 
+@pytest.mark.parametrize('frozen_stages', [0, 2])
+def test_group_norm_guard_of_older_torch(monkeypatch, frozen_stages):
+    """torch < 2.14 crashes in the CPU GroupNorm backward on a channels-last input that needs
+    no gradient; ASMLP then hands its GroupNorms such inputs as leaves that require grad
+    (``asmlp_mm.compat``). Forced on here, it must change no gradient."""
+    from asmlp_mm import compat
+    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', False)
+    kwargs = dict(out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages, drop_path_rate=0.)
+    plain = ASMLP(TINY, **kwargs)
+    assert not any(m._forward_pre_hooks for m in plain.modules())
+    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
+    guarded = ASMLP(TINY, **kwargs)
+    guarded.load_state_dict(plain.state_dict())
+    # the first norm after the frozen layers: what reaches it once the guard has run
+    first = guarded.stages[frozen_stages]
+    first_norm = first.downsample.norm if frozen_stages else first.blocks[0].norm1
+    seen = []
+    first_norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].requires_grad))
+    x = torch.randn(2, 3, 40, 56)
+    grads = []
+    # the reference: the unguarded model on an input that requires grad, so that every
+    # norm's input does (which older torch also survives)
+    for model, inputs in ((plain, x.clone().requires_grad_()), (guarded, x)):
+        model.train()
+        torch.manual_seed(1)
+        sum((o * torch.randn_like(o)).sum() for o in model(inputs)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert seen == [True]
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():  # the frozen layers ran other kernels in the two
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5,
+                                   atol=1e-5 * grad.abs().max().item(),
+                                   msg=lambda text, name=name: f'{name}: {text}')
+    with torch.no_grad():  # and nothing in inference
+        outs = guarded.eval()(x)
+    assert seen == [True, False]
+    assert not any(o.requires_grad for o in outs)
+
+
 def test_norm_eval_keeps_batchnorm_statistics():
     model = ASMLP(TINY, norm_cfg=dict(type='BN'), norm_eval=True)
     model.train()

@@ -30,6 +30,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..compat import guard_group_norms
 from ..ops import axial_shift, check_shift_args
 from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
                              is_channels_last, is_traced, may_overwrite, packed_weights,
@@ -338,6 +339,7 @@ class ASMLP(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
         self._freeze_stages()
+        guard_group_norms(self)  # a crash of torch < 2.14 next to frozen layers
 
     @classmethod
     def _parse_arch(cls, arch) -> Dict:
