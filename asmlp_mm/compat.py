@@ -19,6 +19,8 @@ from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .ops.pointwise import is_channels_last, is_traced
+
 
 #: PyTorch before 2.14 crashes (segmentation fault) in the CPU backward of GroupNorm when the
 #: input is channels-last and needs no gradient while the norm's weight or bias does. In
@@ -34,9 +36,9 @@ def _group_norm_input_with_grad(module: nn.GroupNorm, args):
     path that also computes the input's gradient, which nothing then uses."""
     x = args[0]
     if (torch.is_grad_enabled() and x.device.type == 'cpu' and not x.requires_grad
-            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and is_channels_last(x)
             and any(p.requires_grad for p in module.parameters(recurse=False))
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+            and not is_traced()):
         return (x.detach().requires_grad_(), ) + tuple(args[1:])
     return None
 
