@@ -24,6 +24,33 @@ def test_params_and_flops_match_paper(entry):
     assert flops == pytest.approx(entry.flops, rel=0.01)
 
 
+# Swin's main.py states its rates per 512 images (base, warm-up start, floor) and scales them
+# linearly with the total batch; the released AS-MLP code does the same.
+SWIN_RATES_PER_512 = {
+    'asmlp-tiny_8xb128_in1k': (5e-4, 5e-7, 5e-6, 0.05, 20, 300),
+    'asmlp-base_8xb128_in1k-384px': (2e-5, 2e-8, 2e-7, 1e-8, 5, 30),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SWIN_RATES_PER_512))
+def test_recipe_rates_are_swins_scaled_to_the_batch(name):
+    from mmengine.config import Config
+    base, warmup_start, floor, weight_decay, warmup_epochs, epochs = SWIN_RATES_PER_512[name]
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'asmlp', name + '.py'))
+    batch = 8 * cfg.train_dataloader.batch_size
+    assert batch == cfg.auto_scale_lr.base_batch_size == 1024
+    scale = batch / 512
+    optimizer = cfg.optim_wrapper.optimizer
+    warmup, cosine = cfg.param_scheduler
+    assert (optimizer.type, optimizer.weight_decay) == ('AdamW', weight_decay)
+    assert optimizer.lr == pytest.approx(base * scale)
+    assert warmup.type == 'LinearLR' and warmup.end == cosine.begin == warmup_epochs
+    assert optimizer.lr * warmup.start_factor == pytest.approx(warmup_start * scale)
+    assert cosine.type == 'CosineAnnealingLR'
+    assert cosine.eta_min == pytest.approx(floor * scale)
+    assert cfg.train_cfg.max_epochs == epochs
+
+
 def test_tiny_train_and_test_through_tools(tmp_path):
     data = tmp_path / 'shapes_cls'
     make_classification_folder(str(data), num_train=8, num_val=4, size=32)

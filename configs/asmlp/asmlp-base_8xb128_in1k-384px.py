@@ -1,6 +1,8 @@
 # AS-MLP-B fine-tuned at 384x384 from the 224 model. The paper does not list this recipe;
 # this is Swin's 384 fine-tuning recipe, which the released AS-MLP code follows: 30 epochs,
-# batch 1024, AdamW lr 2e-5, weight decay 1e-8, 5 warm-up epochs, cosine to 2e-7.
+# batch 1024, AdamW, weight decay 1e-8, 5 warm-up epochs, cosine. Its rates (2e-5, warm-up
+# from 2e-8, floor 2e-7) are per 512 images and scaled linearly with the batch, so at 1024:
+# lr 4e-5 from 4e-8 to 4e-7 (as the 224 configs' 5e-4 becomes 1e-3).
 # Start from the 224 checkpoint:  --cfg-options load_from=work_dirs/.../epoch_300.pth
 _base_ = './asmlp-base_8xb128_in1k.py'
 
@@ -28,10 +30,10 @@ train_dataloader = dict(batch_size=128, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 
-optim_wrapper = dict(optimizer=dict(lr=2e-5, weight_decay=1e-8))
+optim_wrapper = dict(optimizer=dict(lr=4e-5, weight_decay=1e-8))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=5,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=2e-7, by_epoch=True, begin=5),
+    dict(type='CosineAnnealingLR', eta_min=4e-7, by_epoch=True, begin=5),
 ]
 train_cfg = dict(max_epochs=30)
