@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import mmengine.fileio
 from mmengine.fileio import get_file_backend
 
 import asmlp_mm  # noqa: F401  (installs the atomic backend and checkpoint loader)
@@ -35,6 +36,23 @@ def test_local_writes_are_atomic(tmp_path, monkeypatch):
         backend.put(b'new contents', str(target))
     assert target.read_bytes() == b'old'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pth']
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_local_writes_get_the_mode_of_a_plain_write(tmp_path, umask):
+    backend = get_file_backend(str(tmp_path / 'x.pth'))
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / 'plain', 'wb') as f:
+            f.write(b'x')
+        backend.put(b'x', str(tmp_path / 'atomic'))
+        mmengine.fileio.dump({'a': 1}, str(tmp_path / 'dumped.pkl'))
+    finally:
+        os.umask(old)
+    expected = (tmp_path / 'plain').stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ('atomic', 'dumped.pkl'):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
 
 
 def test_find_resumable_checkpoint_skips_broken_files(tmp_path):

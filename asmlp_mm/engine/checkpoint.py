@@ -20,8 +20,23 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
 
+def _mode_of_a_new_file() -> int:
+    """The permissions ``open(path, 'w')`` gives a new file: 0o666 less the umask."""
+    try:  # Linux says the umask without changing it, which other threads would see
+        with open('/proc/self/status') as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 class AtomicLocalBackend(LocalBackend):
-    """Local file backend whose writes are atomic (temporary file, fsync, rename)."""
+    """Local file backend whose writes are atomic (temporary file, fsync, rename).
+
+    The file gets the permissions a plain write would give it (``mkstemp`` alone would
+    make every checkpoint readable by its owner only).
+    """
 
     def put(self, obj: bytes, filepath) -> None:
         filepath = str(filepath)
@@ -29,6 +44,7 @@ class AtomicLocalBackend(LocalBackend):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix=osp.basename(filepath))
         try:
+            os.fchmod(fd, _mode_of_a_new_file())
             with os.fdopen(fd, 'wb') as f:
                 f.write(obj)
                 f.flush()
