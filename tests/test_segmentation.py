@@ -114,6 +114,7 @@ def test_recipe_optimizer_and_schedule():
     assert lr_after(1000) == pytest.approx(6e-5 * (1 - 1000 / 158500))
     assert cfg.train_cfg.max_iters == 160000
     assert cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr.base_batch_size == 8 * 2
     assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
 
 
@@ -206,11 +207,11 @@ def test_demo_trains_and_improves_miou(tmp_path):
     assert osp.isfile(trained)
 
     def evaluate(ckpt, name, *extra):
+        metrics = work / 'metrics' / f'{name}.json'  # test.py makes the new folder
         out = run_tool(osp.join(tools, 'test.py'), DEMO, ckpt, '--work-dir', str(work),
-                       '--dump-metrics', str(work / f'{name}.json'), *extra, *options,
-                       cwd=tmp_path)
+                       '--dump-metrics', str(metrics), *extra, *options, cwd=tmp_path)
         assert 'per class results' in out and all(c in out for c in SHAPE_CLASSES)
-        return json.loads((work / f'{name}.json').read_text())
+        return json.loads(metrics.read_text())
 
     after = evaluate(trained, 'trained', '--show-dir', 'predictions')
     after_tta = evaluate(trained, 'tta', '--tta')

@@ -4,6 +4,8 @@ The config's ``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') decides which 
 builds the model, datasets and metrics; nothing here depends on the task.
 """
 import argparse
+import difflib
+import inspect
 import logging
 import os
 import os.path as osp
@@ -35,6 +37,7 @@ def load_config(args) -> Config:
         raise SystemExit(f'config file {args.config!r} does not exist')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
+        check_new_top_level_keys(cfg, args.cfg_options, args.config)
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
@@ -46,6 +49,30 @@ def load_config(args) -> Config:
     compat.adapt_to_device(cfg)
     keep_memory_on_cpu()
     return cfg
+
+
+# top-level entries the runner (or tools/test.py) reads besides its own arguments
+READ_FROM_CFG = {'model_wrapper_cfg', 'sync_bn', 'find_unused_parameters', 'compile',
+                 'tta_model', 'tta_pipeline'}
+
+
+def check_new_top_level_keys(cfg: Config, options: dict, config_path: str) -> None:
+    """Refuse a ``--cfg-options`` entry whose top-level key is new and read by nobody.
+
+    Such a key (``test_dataloder.batch_size=1``) would be added to the config and then
+    ignored, silently. Keys of the config, the runner's arguments and the few entries the
+    runner reads from its config are accepted.
+    """
+    from mmengine.runner import Runner
+    runner_keys = set(inspect.signature(Runner.__init__).parameters) - {'self'}
+    known = set(cfg.keys()) | runner_keys | READ_FROM_CFG
+    for key in dict.fromkeys(option.split('.')[0] for option in options):
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f' (did you mean {close[0]!r}?)' if close else ''
+            raise SystemExit(
+                f'--cfg-options {key}: {config_path} has no entry {key!r} and the runner '
+                f'reads none{hint}; set new entries in a config that inherits this one')
 
 
 def keep_memory_on_cpu():

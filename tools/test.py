@@ -8,6 +8,7 @@ for the segmentation configs: the "MS mIoU" of the paper).
 """
 import argparse
 import json
+import os
 import os.path as osp
 
 from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
@@ -57,6 +58,8 @@ def main():
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
+    if args.dump_metrics:  # its folder, now rather than after the evaluation
+        os.makedirs(osp.dirname(osp.abspath(args.dump_metrics)), exist_ok=True)
     if args.show_dir:
         enable_drawing(cfg, args.show_dir)
     if args.tta:

@@ -6,6 +6,8 @@
 import argparse
 
 from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
+from asmlp_mm.compat import CheckpointError
+from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
 from mmengine.runner import Runner
 
 
@@ -34,18 +36,27 @@ def main():
     if args.resume == 'auto':
         # the newest checkpoint that loads (a save cut off by a crash is skipped)
         from asmlp_mm.engine import find_resumable_checkpoint
-        cfg.resume = True
         cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
-        if cfg.load_from is None:
-            print(f'--resume: no checkpoint in {cfg.work_dir}, training from scratch')
+        # without one, mmengine's own search would pick a broken file
+        cfg.resume = cfg.load_from is not None
+        if not cfg.resume:
+            print(f'--resume: no checkpoint that loads in {cfg.work_dir}, '
+                  'training from scratch')
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
     if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', {})['enable'] = True
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise SystemExit('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size '
+                             '(the total batch size its learning rate is set for)')
+        cfg.auto_scale_lr.enable = True
     runner = Runner.from_cfg(cfg)
+    if cfg.resume:  # the training state of another model fails later and less clearly
+        runner.register_hook(CheckpointFitsHook(), priority='VERY_HIGH')
     try:
         runner.train()
+    except (CheckpointError, CheckpointMismatchError) as err:
+        raise SystemExit(str(err))
     finally:
         shutdown_distributed()
 

@@ -46,8 +46,9 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
 ]
 
-# 8 GPUs x 2 images
+# 8 GPUs x 2 images (tools/train.py --auto-scale-lr scales lr to another total batch)
 train_dataloader = dict(batch_size=2, dataset=dict(type=dataset_type))
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 val_dataloader = dict(batch_size=1, dataset=dict(type=dataset_type))
 test_dataloader = val_dataloader
 

@@ -1,0 +1,86 @@
+"""tools/train.py and tools/test.py given wrong options or unusable checkpoints."""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import run_tool
+
+from asmlp_mm.datasets import make_classification_folder
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TRAIN = osp.join(ROOT, 'tools', 'train.py')
+TEST = osp.join(ROOT, 'tools', 'test.py')
+CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+
+
+def run_failing(*args, cwd):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
+                            text=True)
+    assert result.returncode != 0, result.stdout[-2000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def data_options(tmp_path):
+    data = tmp_path / 'shapes_cls'
+    make_classification_folder(str(data), num_train=8, num_val=4, size=32)
+    return ['--cfg-options', *(f'{loader}.dataset.data_root={data}'
+                               for loader in ('train_dataloader', 'val_dataloader',
+                                              'test_dataloader')),
+            'train_cfg.max_epochs=2']
+
+
+@pytest.mark.parametrize('tool', [TRAIN, TEST])
+def test_a_new_top_level_cfg_option_is_refused_with_a_suggestion(tmp_path, tool):
+    checkpoint = [] if tool == TRAIN else [tmp_path / 'none.pth']
+    (tmp_path / 'none.pth').write_bytes(b'')
+    out = run_failing(tool, CLS_DEMO, *checkpoint, '--cfg-options',
+                      'test_dataloder.batch_size=1', cwd=tmp_path)
+    assert "has no entry 'test_dataloder'" in out
+    assert "did you mean 'test_dataloader'?" in out
+
+
+def test_runner_entries_missing_from_the_config_are_accepted():
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from _common import check_new_top_level_keys
+    from mmengine.config import Config
+    cfg = Config.fromfile(CLS_DEMO)
+    assert 'find_unused_parameters' not in cfg and 'experiment_name' not in cfg
+    check_new_top_level_keys(cfg, {'find_unused_parameters': True, 'experiment_name': 'x',
+                                   'train_dataloader.batch_size': 2}, CLS_DEMO)
+
+
+def test_auto_scale_lr_without_a_base_batch_size_is_refused(tmp_path):
+    config = tmp_path / 'no_base_batch.py'
+    config.write_text(f'_base_ = {CLS_DEMO!r}\nauto_scale_lr = None\n')
+    out = run_failing(TRAIN, config, '--auto-scale-lr', '--work-dir', tmp_path / 'w',
+                      cwd=tmp_path)
+    assert 'no auto_scale_lr.base_batch_size' in out
+    assert not (tmp_path / 'w').exists()
+
+
+def test_resume_with_only_a_broken_checkpoint_trains_from_scratch(tmp_path, data_options):
+    work = tmp_path / 'work'
+    work.mkdir()
+    broken = work / 'epoch_3.pth'
+    torch.save({'state_dict': {'x': torch.zeros(1000)}}, broken)
+    broken.write_bytes(broken.read_bytes()[:300])  # cut off by a crash
+    (work / 'last_checkpoint').write_text(str(broken))
+    out = run_tool(TRAIN, CLS_DEMO, '--work-dir', work, '--resume', *data_options,
+                   cwd=tmp_path, threads=1)
+    assert 'no checkpoint that loads' in out
+    assert 'Auto resumed' not in out and 'resumed epoch' not in out.lower()
+    assert (work / 'epoch_2.pth').is_file()
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, data_options):
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'backbone.stem.weight': torch.zeros(8, 3, 3, 3)},
+                'meta': {'epoch': 1, 'iter': 1}}, other)
+    out = run_failing(TRAIN, CLS_DEMO, '--work-dir', tmp_path / 'work', '--resume', other,
+                      *data_options, cwd=tmp_path)
+    assert 'does not fit the model of this config' in out
+    assert 'missing in the checkpoint: backbone.patch_embed' in out
+    assert 'Traceback' not in out
