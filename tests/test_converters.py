@@ -245,6 +245,27 @@ def test_missing_block_and_empty_checkpoints_fail(tmp_path):
         conv.main([str(tmp_path / 'junk.pth'), str(tmp_path / 'o.pth')])
 
 
+def test_destination_of_a_folder_or_the_source_is_refused(tmp_path):
+    state = published(8, (1, 1, 1, 1), num_classes=3).state_dict()
+    src = save(tmp_path, 'pub.pth', {'model': state})
+    before = (tmp_path / 'pub.pth').read_bytes()
+    with pytest.raises(conv.ConversionError, match='is the source checkpoint'):
+        conv.convert(src, src, log=lambda *a: None)
+    with pytest.raises(SystemExit, match='is a folder'):
+        conv.main([src, str(tmp_path)])
+    assert (tmp_path / 'pub.pth').read_bytes() == before
+
+
+def test_an_already_converted_checkpoint_is_recognized(tmp_path):
+    state = published(8, (1, 1, 1, 1), num_classes=3).state_dict()
+    src = save(tmp_path, 'pub.pth', {'model': state})
+    conv.convert(src, str(tmp_path / 'ours.pth'), log=lambda *a: None)
+    with pytest.raises(conv.ConversionError, match='already in the asmlp-mm layout'):
+        conv.convert(str(tmp_path / 'ours.pth'), str(tmp_path / 'again.pth'),
+                     log=lambda *a: None)
+    assert not (tmp_path / 'again.pth').exists()
+
+
 def test_unmapped_keys_are_reported(tmp_path):
     state = published(8, (1, 1, 1, 1), num_classes=3).state_dict()
     state['layers.0.blocks.0.axial_shift.gate.weight'] = torch.zeros(8, 8, 1, 1)

@@ -96,6 +96,24 @@ def split_checkpoint(ckpt) -> Tuple[Dict[str, torch.Tensor], dict, List[str]]:
                           f'keys: {sorted(ckpt)[:MAX_LISTED]}')
 
 
+def check_destination(src: str, dst: str) -> None:
+    """Refuse a ``dst`` that is a folder or the source itself (which would be replaced)."""
+    if osp.isdir(dst):
+        raise ConversionError(f'{dst!r} is a folder; give the path of the file to write')
+    if osp.exists(dst) and osp.exists(src) and osp.samefile(src, dst):
+        raise ConversionError(f'{dst!r} is the source checkpoint; writing the result there '
+                              'would replace it')
+
+
+def check_not_converted(state: Dict[str, torch.Tensor]) -> None:
+    """Refuse a state dict that is already in this package's layout."""
+    ours = re.compile(r'(^|\.)stages\.\d+\.blocks\.\d+\.')
+    if any(ours.search(k) for k in state) and not any('layers.' in k for k in state):
+        raise ConversionError('the checkpoint is already in the asmlp-mm layout '
+                              '(stages.*.blocks.*, not the published layers.*.blocks.*): '
+                              'no conversion needed, load it as it is')
+
+
 def infer_task(state: Dict[str, torch.Tensor]) -> str:
     """'cls', 'det' or 'seg', from the key prefixes."""
     if any(k.startswith(('rpn_head.', 'roi_head.')) for k in state):
@@ -350,7 +368,9 @@ def convert(src: str, dst: str, task: Optional[str] = None, config: Optional[str
     """
     if task is not None and task not in TASKS:
         raise ConversionError(f'task must be one of {TASKS}, got {task!r}')
+    check_destination(src, dst)
     state, meta, dropped_entries = split_checkpoint(load_source(src, unsafe_load))
+    check_not_converted(state)
     task = task or infer_task(state)
     converted, unmapped, arch = convert_state_dict(state, task)
     log(f'task: {task}; arch: {describe_arch(arch)}')
