@@ -180,6 +180,36 @@ def test_receptive_field_tool_writes_a_png(tmp_path, capsys):
     assert matplotlib.image.imread(str(out)).shape[:2] == (2 * 280, 4 * 260)
 
 
+def tiny_cls_config(tmp_path, embed_dims, name):
+    config = tmp_path / name
+    config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("
+                      f"_delete_=True, embed_dims={embed_dims}, depths=[1, 1, 1, 1])), "
+                      f"head=dict(in_channels={8 * embed_dims}, num_classes=3))\n")
+    return str(config)
+
+
+def test_analysis_tools_refuse_a_checkpoint_of_another_model(tmp_path):
+    """The ERF and the CAM tools would otherwise warn and draw random weights."""
+    import cv2
+    narrow = tiny_cls_config(tmp_path, 8, 'narrow.py')
+    wide = tiny_cls_config(tmp_path, 16, 'wide.py')
+    torch.save({'state_dict': build_model_from_config(wide).state_dict()},
+               str(tmp_path / 'wide.pth'))
+    cv2.imwrite(str(tmp_path / 'img.png'), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(SystemExit, match=r'does not fit the backbone of .*narrow\.py') as err:
+        erf_tool.main(['--asmlp', narrow, '--asmlp-checkpoint', str(tmp_path / 'wide.pth'),
+                       '--shape', '32', '32', '--num-inputs', '1',
+                       '--out', str(tmp_path / 'erf.png')])
+    assert 'shape of patch_embed.proj.weight: (16, 3, 4, 4)' in str(err.value)
+    with pytest.raises(SystemExit, match=r'does not fit the classifier of .*narrow\.py'):
+        load_tool('vis_cam').main([str(tmp_path / 'img.png'), narrow,
+                                   str(tmp_path / 'wide.pth')])
+    with pytest.raises(SystemExit, match='not a classification'):
+        load_tool('vis_cam').main([str(tmp_path / 'img.png'), DEMO_SEG,
+                                   str(tmp_path / 'wide.pth')])
+    assert not (tmp_path / 'erf.png').exists()
+
+
 def test_receptive_field_bad_model_name():
     with pytest.raises(ValueError, match='neither a config file'):
         erf_tool.load_backbone('no-such-model_in1k')

@@ -1,12 +1,13 @@
 from .checkpoint import (AtomicLocalBackend, CheckpointFitsHook, CheckpointMismatchError,
                          describe_mismatches, find_resumable_checkpoint,
-                         state_dict_mismatches, use_atomic_local_writes)
+                         load_fitting_weights, state_dict_mismatches,
+                         use_atomic_local_writes)
 from .loops import ReseedingEpochBasedTrainLoop, ReseedingIterBasedTrainLoop, reseed
 from .memory import keep_freed_memory
 
 __all__ = [
     'AtomicLocalBackend', 'CheckpointFitsHook', 'CheckpointMismatchError',
-    'describe_mismatches', 'find_resumable_checkpoint',
+    'describe_mismatches', 'find_resumable_checkpoint', 'load_fitting_weights',
     'state_dict_mismatches', 'use_atomic_local_writes', 'ReseedingEpochBasedTrainLoop',
     'ReseedingIterBasedTrainLoop', 'reseed', 'keep_freed_memory'
 ]

@@ -128,6 +128,37 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose weights do not fit the model it is loaded into."""
 
 
+def checkpoint_state_dict(checkpoint, source: str, prefix: str = '') -> dict:
+    """The weights of a loaded checkpoint (``module.`` dropped), those under ``prefix``
+    with the prefix removed when one is given."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) \
+        else None
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f'checkpoint {source!r} holds no state dict')
+    state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
+    if prefix:
+        state = {key[len(prefix):]: value for key, value in state.items()
+                 if key.startswith(prefix)}
+    return state
+
+
+def check_fits(module, state: dict, source: str, what: str) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` fits ``module`` exactly."""
+    problems = state_dict_mismatches(module.state_dict(), state)
+    if problems:
+        raise CheckpointMismatchError(describe_mismatches(source, problems, what))
+
+
+def load_fitting_weights(module, path: str, what: str, prefix: str = '') -> None:
+    """Load the weights of the checkpoint ``path`` (under ``prefix``) into ``module``,
+    or raise :class:`CheckpointMismatchError` listing what does not fit."""
+    from ..compat import load_local_checkpoint
+    state = checkpoint_state_dict(load_local_checkpoint(path, map_location='cpu'), path,
+                                  prefix)
+    check_fits(module, state, path, what)
+    module.load_state_dict(state)
+
+
 class CheckpointFitsHook(Hook):
     """Refuses a checkpoint that does not fit the model, when the runner loads it.
 
@@ -144,12 +175,5 @@ class CheckpointFitsHook(Hook):
         if isinstance(model, BaseTTAModel):  # test-time aug wraps the model of the config
             model = model.module
         source = runner.cfg.get('load_from')
-        state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) \
-            else None
-        if not isinstance(state, dict):
-            raise CheckpointMismatchError(f'checkpoint {source!r} holds no state dict')
-        state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise CheckpointMismatchError(describe_mismatches(
-                source, problems, f'the model of this config ({type(model).__name__})'))
+        check_fits(model, checkpoint_state_dict(checkpoint, source), source,
+                   f'the model of this config ({type(model).__name__})')

@@ -36,6 +36,7 @@ if ROOT not in sys.path:
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from asmlp_mm.analysis import build_model_from_config  # noqa: E402
+from asmlp_mm.compat import CheckpointError  # noqa: E402
 
 DEFAULT_ASMLP = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 
@@ -87,10 +88,11 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None,
     cfg = load_config(spec, cfg_options)
     cfg.model.backbone.update(feature_map_overrides(cfg))
     model = build_model_from_config(cfg)
-    if checkpoint:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu')
     backbone = model.backbone
+    if checkpoint:  # the backbone's weights must all be there, with their shapes
+        from asmlp_mm.engine import load_fitting_weights
+        load_fitting_weights(backbone, checkpoint, f'the backbone of {spec}',
+                             prefix='backbone.')
     for param in backbone.parameters():
         param.requires_grad_(False)
     backbone.eval()  # some backbones' train() returns None
@@ -233,7 +235,7 @@ def main(argv=None):
                   f'gradient, per stage (fraction of the image side): {fractions}')
             rows.append(maps)
             names.append(name)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
         raise SystemExit(f'error: {err}')
     print(f'saved {plot_grid(rows, names, args.out, args.mass)}')
 

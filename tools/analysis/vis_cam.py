@@ -13,6 +13,7 @@ Example::
     python tools/analysis/vis_cam.py demo.jpg CONFIG CKPT --target-layers \\
         backbone.stages.3.blocks.1.norm2 --method gradcam++ --target-category 281
 """
+import argparse
 import os.path as osp
 import runpy
 import sys
@@ -30,6 +31,35 @@ def mmpretrain_vis_cam() -> str:
     return path
 
 
+def check_classifier_checkpoint(argv) -> None:
+    """Refuse, before mmpretrain's tool runs, a config that is not a classifier and a
+    checkpoint that does not fit it (mmpretrain would warn and draw random weights)."""
+    from mmengine.config import Config, DictAction
+    from asmlp_mm.analysis import build_model_from_config
+    from asmlp_mm.compat import CheckpointError
+    from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('img')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args, _ = parser.parse_known_args(argv)
+    for path in (args.config, args.checkpoint):
+        if not osp.isfile(path):
+            raise SystemExit(f'error: {path!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if cfg.get('default_scope') != 'mmpretrain':
+        raise SystemExit(f'error: {args.config} is not a classification (mmpretrain) config; '
+                         'CAMs are drawn for the classes of a classifier')
+    model = build_model_from_config(cfg)
+    try:
+        load_fitting_weights(model, args.checkpoint, f'the classifier of {args.config}')
+    except (CheckpointError, CheckpointMismatchError) as err:
+        raise SystemExit(f'error: {err}')
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if ROOT not in sys.path:
@@ -39,6 +69,8 @@ def main(argv=None):
         import pytorch_grad_cam  # noqa: F401
     except ImportError:
         raise SystemExit('the CAM tool needs grad-cam: pip install "grad-cam>=1.3.7,<1.5"')
+    if not {'-h', '--help'} & set(argv):
+        check_classifier_checkpoint(argv)
     script = mmpretrain_vis_cam()
     sys.argv = [script] + argv
     runpy.run_path(script, run_name='__main__')
