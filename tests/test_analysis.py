@@ -180,6 +180,11 @@ def test_receptive_field_tool_writes_a_png(tmp_path, capsys):
     assert matplotlib.image.imread(str(out)).shape[:2] == (2 * 280, 4 * 260)
 
 
+def test_paper_table_filter_that_matches_nothing_is_an_error():
+    with pytest.raises(SystemExit, match='no model of the zoo matches .*asmlp-tiny_8xb128_in1k'):
+        get_flops.main(['--paper', '--filter', 'asmlp-tiyn'])
+
+
 def tiny_cls_config(tmp_path, embed_dims, name):
     config = tmp_path / name
     config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("

@@ -130,7 +130,7 @@ def test_keep_memory_is_applied_and_named_in_the_machine_line(tmp_path):
     """--keep-memory (in a fresh process: the setting lasts for the life of the process)."""
     env = {k: v for k, v in os.environ.items()
            if k != memory.ENV_SWITCH and k not in memory.allocator_settings()}
-    out = tmp_path / 'result.json'
+    out = tmp_path / 'new folder' / 'result.json'  # --out makes its folder
     for flag, named in (['--keep-memory'], True), ([], False):
         subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'),
                         CLS_DEMO, '--mode', 'infer', '--batch', '1', '--shape', '32',

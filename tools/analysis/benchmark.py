@@ -610,6 +610,8 @@ def main(argv=None) -> dict:
     if args.keep_memory:
         from asmlp_mm.engine import keep_freed_memory
         keep_freed_memory()
+    if args.out:  # its folder now, not after the run
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     result = run_compare(args) if args.compare else run_config(args)
     if args.out:
         with open(args.out, 'w') as f:

@@ -169,8 +169,12 @@ def paper_table(filters: List[str], cfg_options=None, rois: str = 'paper') -> Li
     """Measure every zoo config matching ``filters`` (substrings) and print it next to
     the paper's figures; return one row per model. Configs that differ only in their
     schedule (1x / 3x) build the same model and are measured once."""
-    entries = [e for e in paper.load_models()
+    models = paper.load_models()
+    entries = [e for e in models
                if not filters or any(f in e.name or f in e.config for f in filters)]
+    if not entries:
+        raise ValueError(f'no model of the zoo matches {filters}; the names: '
+                         f'{", ".join(e.name for e in models)}')
     width = max([len(e.name) for e in entries] + [5])
     header = (f'{"model":<{width}} {"shape":>10} {"params(M)":>9} {"paper":>6} '
               f'{"diff":>15} {"FLOPs(G)":>9} {"paper":>7} {"diff":>16}')
