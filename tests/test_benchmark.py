@@ -79,6 +79,13 @@ def test_profile_lists_the_operators_that_take_the_time(capsys):
         assert '--profile' in capsys.readouterr().err
 
 
+def test_training_a_pooled_batch_norm_on_one_image_names_the_batch():
+    seg_demo = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
+    with pytest.raises(SystemExit, match='--batch 1: a BatchNorm layer'):
+        benchmark.main([seg_demo, '--mode', 'train', '--batch', '1', '--shape', '64',
+                        '--warmup', '0', '--repeats', '1'])
+
+
 def test_compare_models_hold_the_same_weights(capsys):
     """The published-way model of --compare computes our logits (same weights), and the
     shift section covers both stages and axes."""

@@ -537,7 +537,14 @@ def run_config(args) -> dict:
     rows = []
     for mode in modes:
         fn = runner.infer if mode == 'infer' else runner.train_step
-        times = time_interleaved({mode: fn}, args.warmup, args.repeats, device)[mode]
+        try:
+            times = time_interleaved({mode: fn}, args.warmup, args.repeats, device)[mode]
+        except ValueError as err:
+            if 'more than 1 value per channel' not in str(err):
+                raise
+            raise SystemExit(f'--batch {args.batch}: a BatchNorm layer of this model sees a '
+                             'single value per channel in training (a pooled feature); '
+                             'give --batch 2 or more, or --mode infer') from err
         peak = peak_memory(fn, device)
         result[mode] = dict(img_s=args.batch / statistics.median(times),
                             median_ms=median_ms(times), peak_mb=peak / 2**20,
