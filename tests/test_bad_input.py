@@ -432,3 +432,219 @@ def test_ade_label_values_outside_the_classes_fail_in_train_test_and_tta(tmp_pat
         for sample in samples if isinstance(samples, list) else [samples]:
             values = set(torch.unique(sample.gt_sem_seg.data).tolist())
             assert values <= {0, 1, 2, 255}
+
+
+# ---------------------------------------------------------------------------------------
+# bad COCO annotation files and ADE20K label maps
+# ---------------------------------------------------------------------------------------
+def tiny_coco(tmp_path):
+    """A COCO dataset of 2 + 2 images of 32 x 32 (category ids 1..3 of the demo's classes,
+    annotation ids 1.. in each split); returns its root (ending in '/')."""
+    from asmlp_mm.datasets.coco import make_coco_dataset
+    return make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2, size=32) + '/'
+
+
+def truncate(path):
+    with open(path) as f:
+        text = f.read()
+    with open(path, 'w') as f:
+        f.write(text[:len(text) // 2])
+
+
+def json_list(path):
+    with open(path, 'w') as f:
+        json.dump([dict(id=1)], f)
+
+
+def set_key(key, value, items='annotations', index=0):
+    """An edit of a COCO dict: ``coco[items][index][key] = value`` (``...`` deletes it)."""
+    def edit(coco):
+        if value is ...:
+            del coco[items][index][key]
+        else:
+            coco[items][index][key] = value
+    return edit
+
+
+def edits(*functions):
+    def edit(coco):
+        for function in functions:
+            function(coco)
+    return edit
+
+
+BAD_COCO = {
+    # case: (split, how the json is spoilt, what the message says after naming the file)
+    'truncated': ('val', truncate, r'is not valid JSON: Unterminated|is not valid JSON: Expect'),
+    'not an object': ('val', json_list, r"holds a JSON list: a COCO instances file is an "
+                      r"object with the lists 'images', 'annotations' and 'categories'"),
+    'no images': ('val', lambda c: c.pop('images'), r"has no 'images' \(its keys: 'info', "),
+    'no categories': ('val', lambda c: c.pop('categories'), r"has no 'categories'"),
+    'no annotations': ('train', lambda c: c.pop('annotations'),
+                       r"has no 'annotations' list: a training set needs annotated objects"),
+    'empty annotations': ('train', lambda c: c.update(annotations=[]),
+                          r"has an empty 'annotations' list: a training set needs"),
+    'other classes': ('val', edits(set_key('name', 'disc', 'categories', 1),
+                                   set_key('name', 'tri', 'categories', 2)),
+                      r"has no category named 'circle', 'triangle': 2 of the 3 classes of "
+                      r"the dataset \(metainfo classes\) are not in it; its categories are "
+                      r"'square', 'disc', 'tri'"),
+    'repeated category': ('train', lambda c: c['categories'].append(
+        dict(id=9, name='circle')), r"more than one category named 'circle'"),
+    'repeated image id': ('train', set_key('id', 1, 'images', 1),
+                          r'gives the same id to more than one image: ids 1; each image '
+                          r'needs its own id'),
+    'image without size': ('val', set_key('height', ..., 'images', 1),
+                           r"images 2 have no 'height'; each of its images needs 'id', "
+                           r"'file_name', 'height'"),
+    'no bbox, no iscrowd': (
+        'train', edits(set_key('bbox', ...), set_key('iscrowd', ..., index=1)),
+        r"2 of its 6 annotations are not valid COCO annotations: annotations 1 have no 'bbox'; "
+        r"annotations 2 have no 'iscrowd': each annotation needs 'id', 'image_id', "
+        r"'category_id', 'bbox' .* and, as the pipeline loads masks, 'segmentation'"),
+    'no area, bad bbox': (
+        'val', edits(set_key('area', ...), set_key('bbox', [1, 2, 3], index=1)),
+        r"annotations 1 have no 'area'; annotations 2 have a 'bbox' that is not \[x, y, w"),
+    'no segmentation': ('val', edits(set_key('segmentation', ...),
+                                     set_key('segmentation', ..., index=1)),
+                        r"2 of its \d+ annotations are not valid COCO annotations: "
+                        r"annotations 1, 2 have no 'segmentation'.* polygons of at least 3 "
+                        r"points .* or, for crowds, an RLE"),
+    'polygon of 2 points': ('train', set_key('segmentation', [[1, 1, 9, 9.5]]),
+                            r"annotations 1 have a polygon of fewer than 3 points \(6 numbers\)"),
+    'empty segmentation': ('train', set_key('segmentation', []),
+                           r"annotations 1 have an empty 'segmentation'"),
+    'bad RLE': ('val', edits(set_key('segmentation', dict(counts='abc')),
+                             set_key('iscrowd', 1)),
+                r"annotations 1 have an RLE 'segmentation' without 'counts'.* or 'size'"),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_COCO))
+def test_coco_bad_annotation_files_fail_when_the_dataset_is_built(tmp_path, case):
+    from asmlp_mm.datasets.coco import annotation_file
+    split, spoil, expected = BAD_COCO[case]
+    root = tiny_coco(tmp_path)
+    path = annotation_file(root, split)
+    spoil(path) if spoil in (truncate, json_list) else edit_json(path, spoil)
+    with pytest.raises(ValueError, match=f'annotation file {re.escape(repr(path))}') as err:
+        build_dataset(DET_DEMO, f'{split}_dataloader', data_root=root)
+    assert re.search(expected, str(err.value)), str(err.value)
+
+
+def test_coco_annotation_checks_follow_the_data_and_the_pipeline(tmp_path):
+    from asmlp_mm.datasets.coco import annotation_file
+    root = tiny_coco(tmp_path)
+    path = annotation_file(root, 'val')
+    # a test set without annotations (e.g. test-dev) only warns: AP cannot be computed
+    edit_json(path, lambda coco: coco.pop('annotations'))
+    with pytest.warns(UserWarning, match=re.escape(repr(path)) + ' has no .annotations. '
+                      'list: testing runs, but COCO evaluation reports -1 for every AP'):
+        dataset = build_dataset(DET_DEMO, 'val_dataloader', data_root=root)
+    assert len(dataset) == 2 and len(dataset[0]['data_samples'].gt_instances) == 0
+    # without segmentations: fine for a pipeline that does not load masks
+    path = annotation_file(root, 'train')
+    coco = edit_json(path, lambda coco: [a.pop('segmentation') for a in coco['annotations']])
+    pipeline = Config.fromfile(DET_DEMO).train_pipeline
+    pipeline[1].with_mask = False
+    dataset = build_dataset(DET_DEMO, 'train_dataloader', data_root=root, pipeline=pipeline)
+    first = [a for a in coco['annotations'] if a['image_id'] == 1]
+    assert len(dataset[0]['data_samples'].gt_instances) == len(first)
+    with pytest.raises(ValueError, match="have no 'segmentation'"):
+        build_dataset(DET_DEMO, 'train_dataloader', data_root=root)
+
+
+def rle(mask, compressed):
+    """The COCO run-length encoding of a binary mask: compressed (``counts`` a string), or
+    uncompressed (``counts`` the list of run lengths, column-major, from a run of 0)."""
+    from pycocotools import mask as mask_util
+    if compressed:
+        encoded = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return dict(counts=encoded['counts'].decode(), size=list(mask.shape))
+    flat = mask.flatten(order='F').astype(np.int8)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return dict(counts=np.diff(np.concatenate([[0], changes])).tolist(),
+                size=list(mask.shape))
+
+
+def test_coco_crowd_rle_and_images_without_annotations_are_accepted(tmp_path):
+    from asmlp_mm.datasets.coco import annotation_file
+    root = tiny_coco(tmp_path)
+    masks = [np.zeros((32, 32), bool) for _ in range(2)]
+    masks[0][2:9, 3:12] = masks[1][20:30, 1:5] = True
+
+    def add_crowds(coco):
+        coco['images'].append(dict(id=7, file_name='train_0000.jpg', height=32, width=32))
+        for i, (mask, compressed) in enumerate(zip(masks, (True, False))):
+            ys, xs = np.nonzero(mask)
+            box = [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1),
+                   float(np.ptp(ys) + 1)]
+            coco['annotations'].append(dict(
+                id=100 + i, image_id=1, category_id=1, iscrowd=1, bbox=box,
+                area=int(mask.sum()), segmentation=rle(mask, compressed)))
+
+    coco = edit_json(annotation_file(root, 'train'), add_crowds)
+    for split, count in (('train', 2), ('val', 3)):  # image 7 has no annotation
+        dataset = build_dataset(DET_DEMO, f'{split}_dataloader', data_root=root,
+                                data_prefix=dict(img='train/'),
+                                ann_file=annotation_file(root, 'train'))
+        assert len(dataset) == count
+        sample = dataset[0]['data_samples']
+        shapes = [a for a in coco['annotations'] if a['image_id'] == 1 and not a['iscrowd']]
+        assert len(sample.gt_instances) == len(shapes)
+        crowds = sample.ignored_instances  # crowds are kept as ignored instances
+        assert len(crowds) == 2 and len(crowds.masks) == 2
+        if split == 'val':  # testing does not resize the masks: the crowds as drawn
+            np.testing.assert_array_equal(crowds.masks.to_ndarray(), masks)
+            assert len(dataset[2]['data_samples'].gt_instances) == 0
+
+
+def test_coco_image_of_another_size_than_the_json_fails_when_loaded(tmp_path):
+    from asmlp_mm.datasets.coco import annotation_file
+    root = tiny_coco(tmp_path)
+    for split in ('train', 'val'):
+        edit_json(annotation_file(root, split), edits(set_key('width', 40, 'images', 1),
+                                                      set_key('height', 36, 'images', 1)))
+        dataset = build_dataset(DET_DEMO, f'{split}_dataloader', data_root=root)
+        assert len(dataset[0]['data_samples'].gt_instances) > 0  # image 1 is right
+        image = osp.join(root, split, f'{split}_0001.jpg')
+        with pytest.raises(ValueError, match=re.escape(
+                f"image '{image}' is 32 x 32 pixels (height x width) but annotation file "
+                f"'{annotation_file(root, split)}' gives it height=36, width=40 (image id 2)")):
+            dataset[1]
+
+
+@pytest.mark.parametrize('case', ['smaller', 'rgb', 'not an image'])
+def test_ade_label_maps_of_another_size_or_not_single_channel_fail_when_loaded(tmp_path, case):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
+    cfg = Config.fromfile(SEG_DEMO)
+    labels = {split: osp.join(root, 'annotations', split, f'ADE_{split}_00001.png')
+              for split in ('training', 'validation')}
+    for path in labels.values():
+        label = np.asarray(Image.open(path))
+        if case == 'smaller':
+            Image.fromarray(label[::2, ::2]).save(path)
+        elif case == 'rgb':
+            Image.fromarray(np.stack([label] * 3, -1)).save(path)
+        else:
+            with open(path, 'w') as f:
+                f.write('not a PNG')
+    expected = {'smaller': r' is 32 x 40 pixels \(shape \(32, 40\)\) and its image',
+                'rgb': r' has 3 channels \(shape \(64, 80, 3\)\) and its image',
+                'not an image': r' cannot be read as an image \(UnidentifiedImageError'}[case]
+    for loader, pipeline in (('train_dataloader', cfg.train_pipeline),
+                             ('val_dataloader', cfg.test_pipeline),
+                             ('val_dataloader', cfg.tta_pipeline)):
+        dataset = build_dataset(SEG_DEMO, loader, data_root=root, pipeline=pipeline)
+        split = 'training' if loader == 'train_dataloader' else 'validation'
+        dataset[0]  # the other label map is fine
+        with pytest.raises(ValueError) as err:
+            dataset[1]
+        message = str(err.value)
+        assert message.startswith(f'label map {labels[split]!r}')
+        assert re.search(expected, message), message
+        if case != 'not an image':
+            image = osp.join(root, 'images', split, f'ADE_{split}_00001.jpg')
+            assert f"its image '{image}' is 64 x 80 (height x width)" in message
+        assert 'a label map is a single-channel image' in message

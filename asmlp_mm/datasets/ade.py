@@ -21,15 +21,41 @@ import numpy as np
 import torch
 from mmengine import fileio
 from mmseg.datasets import ADE20KDataset
+from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from .checks import bad_label_values, find_missing, quote_some, relative_names
+from .checks import bad_label_values, find_missing, guard_transforms, quote_some, relative_names
 from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
 
 # one colour per shape class: the shapes are drawn in it, and so are the predictions
 SHAPE_PALETTE = [[220, 20, 60], [0, 120, 255], [255, 190, 0]]
 SPLITS = ('training', 'validation')
+LABEL_MAP = ('a label map is a single-channel image (PNG of mode L or P) of class indices, '
+             'of the size of its image')
+
+
+def check_label_map(load, results: dict) -> dict:
+    """Load the label map (``load``: the pipeline's ``LoadAnnotations``) and check that it
+    could be read, has one channel and the size of its image (``ori_shape``, recorded when
+    the image was loaded, before any resizing), before later transforms change it."""
+    path = results.get('seg_map_path')
+    try:
+        results = load(results)
+    except (FileNotFoundError, AssertionError):
+        raise  # a file gone since the dataset was built; a reduce_zero_label clash
+    except Exception as err:  # pillow: OSError; cv2 decodes None, mmseg then fails on it
+        raise ValueError(f'label map {path!r} cannot be read as an image '
+                         f'({type(err).__name__}: {err}): {LABEL_MAP}') from err
+    labels = results['gt_seg_map']
+    height, width = tuple(results.get('ori_shape', labels.shape))[:2]
+    if labels.ndim == 2 and labels.shape == (height, width):
+        return results
+    problem = (f'has {labels.shape[2]} channels' if labels.ndim == 3 else
+               f'is {" x ".join(map(str, labels.shape))} pixels')
+    raise ValueError(f'label map {path!r} {problem} (shape {labels.shape}) and its image '
+                     f'{results.get("img_path")!r} is {height} x {width} (height x width): '
+                     f'{LABEL_MAP}')
 
 
 @DATASETS.register_module()
@@ -50,12 +76,17 @@ class CheckedADE20KDataset(ADE20KDataset):
     deep inside the loss in training, and are silently dropped by ``IoUMetric`` in
     testing (a wrong mIoU). A value in a part of the image that a random crop leaves out
     is not seen in that iteration (nor trained on); testing always sees the whole map.
+    Earlier, as soon as ``LoadAnnotations`` has read a label map (before any resizing; in
+    training, testing and test-time augmentation alike), a label map that is not an image,
+    has more than one channel (e.g. an RGB rendering) or is not the size of its image
+    raises ``ValueError`` naming the label file, its shape and the image's; mmseg would
+    fail later with an error that names no file, or resize it to fit in training.
 
     Args:
         check_files (bool): Check the image and label files when the dataset is built.
             Defaults to True.
-        check_labels (bool): Check the label values of every loaded sample. Defaults to
-            True.
+        check_labels (bool): Check the label map and its values of every loaded sample.
+            Defaults to True.
         **kwargs: Passed to ``ADE20KDataset`` (``data_root``, ``data_prefix``,
             ``pipeline``, ``ignore_index``, ...).
     """
@@ -65,6 +96,8 @@ class CheckedADE20KDataset(ADE20KDataset):
         self.check_files = check_files
         self.check_labels = check_labels
         super().__init__(*args, **kwargs)
+        if check_labels:
+            guard_transforms(self.pipeline, LoadAnnotations, check_label_map)
 
     def load_data_list(self) -> List[dict]:
         """mmseg's listing of images and label maps, then the check of the files."""
