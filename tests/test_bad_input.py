@@ -489,6 +489,11 @@ BAD_COCO = {
                       r"has no category named 'circle', 'triangle': 2 of the 3 classes of "
                       r"the dataset \(metainfo classes\) are not in it; its categories are "
                       r"'square', 'disc', 'tri'"),
+    'classes in another order': ('val', edits(set_key('name', 'circle', 'categories', 0),
+                                              set_key('name', 'square', 'categories', 1)),
+                                 r"lists the categories of the classes in another order than "
+                                 r"the metainfo classes: .* Give the classes in the order of "
+                                 r"the file: \('circle', 'square', 'triangle'\)"),
     'repeated category': ('train', lambda c: c['categories'].append(
         dict(id=9, name='circle')), r"more than one category named 'circle'"),
     'repeated image id': ('train', set_key('id', 1, 'images', 1),

@@ -97,8 +97,9 @@ def check_image_ids(images: List[dict], name: str) -> None:
 
 
 def check_categories(categories: List[dict], classes: Sequence[str], name: str) -> None:
-    """Each class of the dataset is the name of exactly one category of the file
-    (``CocoDataset`` selects the categories by name)."""
+    """Each class of the dataset is the name of exactly one category of the file, and
+    the file lists them in the order of the classes (``CocoDataset`` selects the
+    categories by name and numbers them in the order of the file)."""
     counts = Counter(category['name'] for category in categories)
     absent = [c for c in classes if c not in counts]
     repeated = [c for c in classes if counts.get(c, 0) > 1]
@@ -111,6 +112,14 @@ def check_categories(categories: List[dict], classes: Sequence[str], name: str) 
     if repeated:
         raise ValueError(f'annotation file {name!r} has more than one category named '
                          f'{quote_some(repeated)}: each class needs exactly one category')
+    in_file_order = [category['name'] for category in categories
+                     if category['name'] in set(classes)]
+    if in_file_order != list(classes):
+        raise ValueError(
+            f'annotation file {name!r} lists the categories of the classes in another order '
+            f'than the metainfo classes: mmdet numbers the classes in the order of the '
+            f'file, so predictions would carry the wrong names. Give the classes in the '
+            f'order of the file: {tuple(in_file_order)}')
 
 
 def is_number(value) -> bool:
