@@ -56,31 +56,48 @@ class CheckpointError(RuntimeError):
     """A file given as a checkpoint cannot be read as one."""
 
 
-def _checkpoint_safe_globals():
-    """Classes that mmengine's own checkpoints pickle, besides tensors and builtins.
+#: The ``getattr`` calls that mmengine's training checkpoints pickle: ``meta['message_hub']``
+#: holds HistoryBuffer's statistics methods, pickled (protocol 2) as
+#: ``getattr(HistoryBuffer, 'min')``.
+HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
 
-    ``meta['message_hub']`` stores :class:`HistoryBuffer` objects holding numpy arrays, and
-    the runtime info holds numpy scalars. They are allow-listed so that checkpoints are
-    still loaded with ``weights_only=True`` (no arbitrary code runs while loading).
+
+def _checkpoint_getattr(obj, name):
+    """``getattr`` for the unpickler of :func:`load_local_checkpoint`: only the attributes
+    that mmengine's checkpoints fetch with it (:data:`HISTORY_BUFFER_STATISTICS` and other
+    registered statistics of :class:`HistoryBuffer`). A plain ``getattr`` would let a pickle
+    walk from an allowed class to any object, e.g. to ``eval`` through a method's
+    ``__globals__``."""
+    if (obj is HistoryBuffer and type(name) is str and not name.startswith('_')
+            and (name in HISTORY_BUFFER_STATISTICS
+                 or name in getattr(HistoryBuffer, '_statistics_methods', {}))):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}): not an attribute '
+                                 f'that mmengine checkpoints pickle')
+
+
+def _checkpoint_safe_globals():
+    """Classes and functions that mmengine's own checkpoints pickle, besides tensors and
+    builtins, for ``torch.load(weights_only=True)``.
+
+    ``meta['message_hub']`` stores :class:`HistoryBuffer` objects holding numpy arrays and
+    their statistics methods, and the runtime info holds numpy scalars. They are allow-listed
+    so that checkpoints are loaded with ``weights_only=True`` (no arbitrary code runs while
+    loading); ``getattr`` is allowed as :func:`_checkpoint_getattr` only.
     """
     try:  # numpy >= 2 (also present as an alias in numpy 1.26)
         from numpy._core import multiarray
     except ImportError:
         from numpy.core import multiarray
-    safe = [HistoryBuffer, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    safe = [HistoryBuffer, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+            (_checkpoint_getattr, 'builtins.getattr')]
+    # under the names that numpy 1 and numpy 2 pickle them with
+    for package in ('numpy.core', 'numpy._core'):
+        safe += [(multiarray._reconstruct, f'{package}.multiarray._reconstruct'),
+                 (multiarray.scalar, f'{package}.multiarray.scalar')]
     safe += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8,
                                          np.int16, np.int32, np.int64, np.uint8, np.bool_)]
     return safe
-
-
-# What mmengine's training checkpoints pickle besides tensors: ``HistoryBuffer`` keeps its
-# statistics methods as ``getattr(HistoryBuffer, 'min')``, which weights_only refuses.
-MMENGINE_CHECKPOINT_GLOBALS = {
-    'builtins.getattr', 'mmengine.logging.history_buffer.HistoryBuffer',
-    'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
-    'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar', 'numpy.ndarray',
-    'numpy.dtype'
-}
 
 
 def load_local_checkpoint(filename, map_location=None):
@@ -90,39 +107,48 @@ def load_local_checkpoint(filename, map_location=None):
     ``weights_only=True`` the default, which rejects the objects in mmengine's training
     checkpoints, so ``--resume`` and ``load_from`` fail. This loader:
 
-    1. loads with ``weights_only=True`` and numpy / HistoryBuffer allow-listed (enough for
-       weights-only files such as converted or published checkpoints);
-    2. otherwise, if every non-tensor global in the file is one that mmengine itself
-       writes (``MMENGINE_CHECKPOINT_GLOBALS``), loads it as mmengine did before torch 2.6,
-       with full unpickling: checkpoints are pickles, load only files you trust;
-    3. otherwise raises :class:`CheckpointError` naming the unexpected globals, and turns
-       unreadable files into the same clear error.
+    1. loads with ``weights_only=True``, with what mmengine's training checkpoints pickle
+       besides weights allow-listed (:func:`_checkpoint_safe_globals`: numpy arrays and
+       scalars, :class:`HistoryBuffer` and the ``getattr`` calls that fetch its statistics
+       methods, nothing else): no file is ever fully unpickled, so no code in it runs;
+    2. otherwise raises :class:`CheckpointError`, naming the objects the file pickles that
+       are not allowed (or the refused operation), and turns unreadable files into the same
+       clear error.
 
     Remove when mmengine handles ``weights_only`` itself (mmengine > 0.10.7).
     """
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} does not exist')
-    try:
-        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+    with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+        try:
             return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_error = err
-    except Exception as err:  # torch raises several types for broken files
-        raise _unreadable(filename, err) from err
-    try:
-        unknown = set(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
-    except Exception as err:
-        raise _unreadable(filename, err) from err
-    unknown -= MMENGINE_CHECKPOINT_GLOBALS
+        except pickle.UnpicklingError as err:
+            refused = err
+        except Exception as err:  # torch raises several types for broken files
+            raise _unreadable(filename, err) from err
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        except Exception as err:
+            raise _unreadable(filename, err) from err
     if unknown:
         raise CheckpointError(
             f'{filename!r} pickles objects that are not weights nor mmengine training state: '
-            f'{sorted(unknown)}; refusing to unpickle them') from first_error
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise _unreadable(filename, err) from err
+            f'{sorted(unknown)}; refusing to unpickle them') from refused
+    raise CheckpointError(f'{filename!r} asks the unpickler for something that mmengine '
+                          f'training checkpoints do not need; refusing to load it: '
+                          f'{_refusal(refused)}') from refused
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, without the advice around it that torch adds
+    (to load with ``weights_only=False``)."""
+    text = str(err)
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _unreadable(filename, err):
@@ -228,8 +254,17 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, device_ids=None, **kwargs)
 
 
+#: Arguments of mmengine's ``AmpOptimWrapper`` that :class:`AutocastOptimWrapper` (an
+#: ``OptimWrapper``) does not take, besides ``dtype``, which both take
+AMP_ONLY_ARGS = ('loss_scale', 'use_fsdp')
+
+
 def enable_amp(cfg):
-    """Turn on mixed precision in a config: fp16 AMP on CUDA, bf16 autocast elsewhere."""
+    """Turn on mixed precision in a config: fp16 AMP on CUDA, bf16 autocast elsewhere.
+
+    Without CUDA an ``AmpOptimWrapper`` config becomes an :class:`AutocastOptimWrapper`
+    one, without the loss scaling arguments that only ``AmpOptimWrapper`` takes
+    (:data:`AMP_ONLY_ARGS`): bfloat16 needs no loss scaling."""
     wrapper = cfg.optim_wrapper
     if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
                                                    'AutocastOptimWrapper'):
@@ -237,6 +272,8 @@ def enable_amp(cfg):
     if torch.cuda.is_available():
         wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
     else:
+        for key in AMP_ONLY_ARGS:
+            wrapper.pop(key, None)
         wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
 
 

@@ -1,7 +1,13 @@
+import copy
+
+import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
+from mmengine.optim import build_optim_wrapper
 
-from asmlp_mm.compat import AutocastOptimWrapper, enable_amp
+from asmlp_mm.compat import (AutocastOptimWrapper, CheckpointError, enable_amp,
+                             load_local_checkpoint)
 
 
 def test_autocast_optim_wrapper_trains_in_bfloat16_on_cpu():
@@ -21,3 +27,126 @@ def test_enable_amp_picks_the_cpu_wrapper():
     enable_amp(cfg)
     expected = 'AmpOptimWrapper' if torch.cuda.is_available() else 'AutocastOptimWrapper'
     assert cfg.optim_wrapper.type == expected
+
+
+def test_enable_amp_drops_the_loss_scale_of_an_amp_config_on_cpu(monkeypatch):
+    """Without CUDA an AmpOptimWrapper config becomes an AutocastOptimWrapper one, which
+    takes none of AmpOptimWrapper's loss scaling arguments."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config(dict(optim_wrapper=dict(
+        type='AmpOptimWrapper', loss_scale=512., use_fsdp=False, dtype='float16',
+        optimizer=dict(type='SGD', lr=0.1), clip_grad=dict(max_norm=1.))))
+    enable_amp(cfg)
+    model = torch.nn.Linear(4, 2)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(wrapper) is AutocastOptimWrapper and wrapper.cast_dtype == torch.bfloat16
+    assert wrapper.clip_grad_kwargs == dict(max_norm=1.)  # the other arguments stay
+    reference = copy.deepcopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(3, 4)
+    with wrapper.optim_context(model):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().square().mean())
+    # the step by hand: bfloat16 autocast, clipped gradient, SGD
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref_out = reference(x)
+    ref_out.float().square().mean().backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm=1.)
+    torch.optim.SGD(reference.parameters(), lr=0.1).step()
+    for p, ref, old in zip(model.parameters(), reference.parameters(), before):
+        assert not torch.equal(p, old)
+        torch.testing.assert_close(p, ref)
+
+
+class Reduced:
+    """Pickles as the call ``fn(*args)`` (its ``__reduce__``), for hand-made pickles."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, *args):  # pickle wants the function of a reduction callable
+        raise AssertionError('not called: only pickled')
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_checkpoint_loader_refuses_getattr_beyond_history_buffer_statistics(tmp_path):
+    """getattr is allowed for what mmengine checkpoints fetch with it (HistoryBuffer's
+    statistics methods), not to walk from HistoryBuffer to ``eval``."""
+    marker = tmp_path / 'PWNED'
+    init_globals = Reduced(getattr, Reduced(getattr, HistoryBuffer, '__init__'), '__globals__')
+    builtins = Reduced(Reduced(getattr, init_globals, 'get'), '__builtins__')
+    evaluate = Reduced(Reduced(getattr, builtins, 'get'), 'eval')
+    path = tmp_path / 'exploit.pth'
+    torch.save({'meta': Reduced(evaluate, f'open({str(marker)!r}, "w")')}, path)
+    with pytest.raises(CheckpointError, match='refusing'):
+        load_local_checkpoint(str(path))
+    assert not marker.exists()
+    # what mmengine pickles does load
+    path = tmp_path / 'stats.pth'
+    torch.save({'min': Reduced(getattr, HistoryBuffer, 'min')}, path)
+    assert load_local_checkpoint(str(path)) == {'min': HistoryBuffer.min}
+
+
+def test_checkpoint_of_a_runner_loads_without_full_unpickling(tmp_path, monkeypatch):
+    """A checkpoint saved by mmengine's Runner (message hub with HistoryBuffers and numpy
+    scalars, optimizer, parameter schedulers) loads with the weights-only unpickler."""
+    import numpy as np
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.linear(torch.stack(inputs))
+            return dict(loss=out.square().mean()) if mode == 'loss' else list(out)
+
+    class Metric(BaseMetric):
+
+        def process(self, data_batch, data_samples):
+            self.results.append(len(data_samples))
+
+        def compute_metrics(self, results):
+            return dict(score=np.float64(0.25), count=np.int64(sum(results)))
+
+    data = [dict(inputs=torch.randn(2)) for _ in range(4)]
+    loader = dict(dataset=data, sampler=dict(type='DefaultSampler', shuffle=False),
+                  batch_size=2)
+    runner = Runner(
+        model=Toy(), work_dir=str(tmp_path), train_dataloader=loader, val_dataloader=loader,
+        val_evaluator=[Metric()], val_cfg=dict(), default_scope='mmengine',
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.01)),
+        param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=True, end=1)],
+        train_cfg=dict(by_epoch=True, max_epochs=1, val_interval=1),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)))
+    runner.train()
+    runner.save_checkpoint(str(tmp_path), 'after_val.pth')  # with the validation's scalars
+    path = str(tmp_path / 'after_val.pth')
+    assert 'builtins.getattr' in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    monkeypatch.setattr(torch, 'load', _weights_only(torch.load))
+    checkpoint = load_local_checkpoint(path)
+    assert set(checkpoint) >= {'meta', 'state_dict', 'message_hub', 'optimizer',
+                               'param_schedulers'}
+    hub = runner.message_hub.state_dict()
+    loaded = checkpoint['message_hub']
+    assert loaded['log_scalars'].keys() == hub['log_scalars'].keys()
+    for key, buffer in hub['log_scalars'].items():
+        assert isinstance(loaded['log_scalars'][key], HistoryBuffer)
+        np.testing.assert_array_equal(loaded['log_scalars'][key].data[0], buffer.data[0])
+        assert loaded['log_scalars'][key].statistics('mean') == buffer.statistics('mean')
+    assert loaded['runtime_info'] == hub['runtime_info']
+    torch.testing.assert_close(checkpoint['state_dict'], runner.model.state_dict())
+
+
+def _weights_only(load):
+    def checked(*args, **kwargs):
+        assert kwargs.get('weights_only') is True, 'a checkpoint was fully unpickled'
+        return load(*args, **kwargs)
+    return checked
