@@ -4,6 +4,9 @@ tests/test_ops.py runs its reference tests on both paths; these cover what is pa
 the kernel: memory layouts, dtypes, threads, its own argument checks and the fallback."""
 import itertools
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -120,3 +123,65 @@ def test_stale_build_lock_is_removed(tmp_path):
         assert cpu_kernel.clear_stale_lock(str(tmp_path))
     assert not lock.exists()
     assert not cpu_kernel.clear_stale_lock(str(tmp_path))  # nothing left to remove
+
+
+def test_stale_lock_is_looked_for_where_torch_builds(tmp_path, monkeypatch):
+    """torch builds in ``$TORCH_EXTENSIONS_DIR/<name>`` (by default in a folder per Python
+    and CUDA version of its cache): the stale lock of an interrupted build is there."""
+    from torch.utils import cpp_extension
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    lock = tmp_path / cpu_kernel.library_name() / 'lock'
+    lock.parent.mkdir()
+    lock.write_text('')
+    old = time.time() - cpu_kernel.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    seen = []
+    # the kernel is loaded in this process already: only whether the lock is gone when
+    # torch's load runs matters here
+    monkeypatch.setattr(cpp_extension, 'load', lambda **kwargs: seen.append(lock.exists()))
+    with pytest.warns(RuntimeWarning, match='stale build lock'):
+        assert cpu_kernel._load()
+    assert seen == [False]
+
+
+FIRST_SHIFT_IN_THREADS = textwrap.dedent('''
+    import threading
+    import torch
+    from asmlp_mm.ops import axial_shift, cpu_kernel
+
+    loads, load = [], cpu_kernel._load
+    cpu_kernel._load = lambda: loads.append(1) or load()
+    x = torch.randn(2, 10, 7, 9)
+    barrier = threading.Barrier(6)
+    outs = [None] * 6
+
+    def first_shift(i):
+        barrier.wait()
+        outs[i] = axial_shift(x, 2 + i % 2, 5, 1, 'reflect')
+
+    threads = [threading.Thread(target=first_shift, args=(i, )) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cpu_kernel.available() and loads == [1], loads
+    with cpu_kernel.use_cpu_kernel(False):
+        refs = [axial_shift(x, 2 + i % 2, 5, 1, 'reflect') for i in range(6)]
+    assert all(torch.equal(o, r) for o, r in zip(outs, refs))
+    print('shifted')
+''')
+
+
+def test_first_shifts_in_threads_build_and_load_once(tmp_path):
+    """Threads that make their first shift at the same time in a process without the built
+    kernel: one builds and loads it, the others wait for it (without the lock they each
+    loaded it: torch then aborted the process, or some warned that it could not be built).
+    The one build of these tests, into an empty extension folder."""
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / 'extensions'))
+    env.pop(cpu_kernel.ENV_SWITCH, None)
+    result = subprocess.run([sys.executable, '-c', FIRST_SHIFT_IN_THREADS], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['shifted']
+    assert 'Warning' not in result.stderr and 'could not build' not in result.stderr, \
+        result.stderr[-3000:]

@@ -13,6 +13,7 @@ which gives the same results. ``ASMLP_MM_CPU_KERNEL=0`` turns the kernel off.
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 
@@ -32,13 +33,21 @@ LDFLAGS = ['-fopenmp']
 STALE_LOCK_S = 600
 
 _state = {'loaded': None}
+# one build and load per process: threads that make their first shift at the same time
+# would otherwise each build and load the library (torch aborts the process when a second
+# copy registers the operators again) or find another's build half done
+_load_lock = threading.Lock()
 
 
 def available() -> bool:
-    """Whether the kernel is built and loaded (builds it on the first call)."""
-    if _state['loaded'] is None:
-        _state['loaded'] = _load()
-    return _state['loaded']
+    """Whether the kernel is built and loaded (builds it on the first call; thread-safe)."""
+    loaded = _state['loaded']
+    if loaded is None:
+        with _load_lock:
+            if _state['loaded'] is None:
+                _state['loaded'] = _load()
+            loaded = _state['loaded']
+    return loaded
 
 
 _switch = KernelSwitch(available)
@@ -68,6 +77,18 @@ def clear_stale_lock(build_dir: str, max_age_s: float = STALE_LOCK_S) -> bool:
     return True
 
 
+def build_directory() -> str:
+    """The folder torch builds the kernel in: ``$TORCH_EXTENSIONS_DIR/<name>``, or by default
+    one in a folder per Python and CUDA version of torch's cache (e.g.
+    ``~/.cache/torch_extensions/py311_cu130/<name>``); made if missing, as torch does."""
+    from torch.utils import cpp_extension
+    try:
+        return cpp_extension._get_build_directory(library_name(), verbose=False)
+    except (AttributeError, TypeError):  # a torch without this private helper
+        root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension.get_default_build_root()
+        return os.path.join(root, library_name())
+
+
 def _load() -> bool:
     if os.environ.get(ENV_SWITCH, '1') == '0':
         return False
@@ -78,10 +99,10 @@ def _load() -> bool:
         level = cpp_logger.level
         cpp_logger.setLevel(logging.ERROR)
         try:
-            from torch.utils.cpp_extension import get_default_build_root, load
+            from torch.utils.cpp_extension import load
         finally:
             cpp_logger.setLevel(level)
-        clear_stale_lock(os.path.join(get_default_build_root(), library_name()))
+        clear_stale_lock(build_directory())
         load(name=library_name(), sources=[SOURCE], extra_cflags=CFLAGS,
              extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
         return hasattr(torch.ops.asmlp_mm, 'axial_gather')
