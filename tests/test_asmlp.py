@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from asmlp_mm.models import ASMLP
-from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours
+from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours, roll_shift
+from asmlp_mm.ops import no_fusion
 
 TINY = dict(embed_dims=8, depths=[1, 1, 2, 1])
 
@@ -168,6 +170,22 @@ def test_default_init():
 
 
 @pytest.mark.parametrize('kwargs,error,match', [
+    (dict(dilation=2.0), TypeError, r'dilation .*int.*2\.0'),
+    (dict(dilation='2'), TypeError, 'dilation'),
+    (dict(dilation=[1, 2.0, 1, 1]), TypeError, r'dilation .*2\.0'),
+    (dict(dilation=True), TypeError, 'dilation'),
+    (dict(out_indices=(1.0, )), TypeError, r'out_indices .*integers.*1\.0'),
+    (dict(out_indices='3'), TypeError, r"out_indices .*'3'"),
+    (dict(out_indices=(True, )), TypeError, r'out_indices .*True'),
+    (dict(out_indices=3.0), TypeError, 'out_indices'),
+    (dict(out_indices=()), ValueError, 'out_indices'),
+    (dict(patch_size=0), ValueError, 'patch_size must be a positive integer, got 0'),
+    (dict(patch_size=2.0), TypeError, 'patch_size'),
+    (dict(in_channels=0), ValueError, 'in_channels'),
+    (dict(mlp_ratio=0), ValueError, 'mlp_ratio .*got 0'),
+    (dict(mlp_ratio=0.1), ValueError, 'mlp_ratio .*hidden channel.*embed_dims=8'),
+    (dict(mlp_ratio=float('nan')), ValueError, 'mlp_ratio'),
+    (dict(mlp_ratio='4'), TypeError, 'mlp_ratio'),
     (dict(arch='huge'), ValueError, "'base'"),
     (dict(arch=dict(embed_dims=8)), ValueError, 'depths'),
     (dict(arch=dict(embed_dims=8, depths=[1, 1])), ValueError, 'depths'),
@@ -186,3 +204,155 @@ def test_bad_arguments(kwargs, error, match):
     kwargs.setdefault('arch', TINY)
     with pytest.raises(error, match=match):
         ASMLP(**kwargs)
+
+
+def test_numpy_integers_are_integers():
+    """numpy integers count as integers (a numpy dilation was 'not iterable')."""
+    model = ASMLP(TINY, patch_size=np.int64(2), dilation=np.int64(2),
+                  out_indices=np.array([0, -1]), mlp_ratio=np.float32(0.125))
+    assert model.out_indices == [0, 3]
+    assert [s.blocks[0].token_mixer.dilation for s in model.stages] == [2, 2, 2, 2]
+    assert model.stages[0].blocks[0].mlp.fc1.out_channels == 1  # int(8 * 0.125)
+    assert [o.shape[1:] for o in model(torch.randn(1, 3, 16, 16))] == [(8, 8, 8), (64, 1, 1)]
+    model = ASMLP(TINY, dilation=(np.int64(d) for d in (1, 2, 1, 3)))
+    assert [s.blocks[0].token_mixer.dilation for s in model.stages] == [1, 2, 1, 3]
+    assert all(type(s.blocks[0].token_mixer.dilation) is int for s in model.stages)
+
+
+ALL_STAGES = (0, 1, 2, 3)
+
+
+def randomized(model):
+    """Non-trivial norm weights and biases (fresh norms are ones and zeros)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def plain_forward(model: ASMLP, x):
+    """ASMLP's forward from its modules, each called as a plain module on NCHW tensors, with
+    the released shift (zero padding, dilation 1), out-of-place sums and no stochastic
+    depth: none of the fused or in-place ops of the fast path. ``x``: a multiple of 32."""
+    x = model.patch_embed.norm(model.patch_embed.proj(x))
+    outs = []
+    for i, stage in enumerate(model.stages):
+        if i > 0:
+            x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2],
+                           x[:, :, 1::2, 1::2]], 1)
+            x = stage.downsample.reduction(stage.downsample.norm(x))
+        for block in stage.blocks:
+            mixer, mlp = block.token_mixer, block.mlp
+            y = mixer.act(mixer.norm_in(mixer.proj_in(block.norm1(x))))
+            y_w = mixer.act(mixer.proj_w(roll_shift(y, 3, mixer.shift_size)))
+            y_h = mixer.act(mixer.proj_h(roll_shift(y_w if mixer.serial else y, 2,
+                                                    mixer.shift_size)))
+            x = x + mixer.proj_out(mixer.norm_out(y_h if mixer.serial else y_w + y_h))
+            x = x + mlp.fc2(mlp.act(mlp.fc1(block.norm2(x))))
+        if i in model.out_indices:
+            outs.append(getattr(model, f'norm{i}')(x))
+    return outs
+
+
+@pytest.mark.parametrize('connection', ['parallel', 'serial'])
+@pytest.mark.parametrize('act', ['ReLU', 'Sigmoid', 'Tanh', 'GELU', 'SiLU'])
+def test_any_activation_trains(act, connection):
+    """The W and H branches are summed into the W branch's activation only where no
+    backward needs it (ReLU, Sigmoid and Tanh keep their output for backward)."""
+    model = randomized(ASMLP(TINY, act_cfg=dict(type=act), connection=connection,
+                             drop_path_rate=0., out_indices=ALL_STAGES)).train()
+    x = torch.randn(2, 3, 32, 32)
+    weights = [torch.randn(1) for _ in ALL_STAGES]
+    params = list(model.parameters())
+
+    def loss(outs):
+        return sum((w * o.square()).sum() for w, o in zip(weights, outs))
+
+    outs = model(x)
+    grads = torch.autograd.grad(loss(outs), params)
+    refs = plain_forward(model, x)
+    ref_grads = torch.autograd.grad(loss(refs), params)
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for (name, _), grad, ref in zip(model.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-4, msg=name)
+    with torch.no_grad():  # and in inference
+        for out, ref in zip(model.eval()(x), refs):
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('size', [(32, 32), (40, 56)])
+def test_empty_batch(train, size):
+    model = ASMLP(TINY, out_indices=ALL_STAGES).train(train)
+    shapes = [o.shape for o in model(torch.randn(1, 3, *size))]
+    model.zero_grad()
+    outs = model(torch.randn(0, 3, *size))
+    assert [o.shape for o in outs] == [(0, ) + s[1:] for s in shapes]
+    sum(o.sum() for o in outs).backward()
+    for name, p in model.named_parameters():  # no image, no gradient
+        assert p.grad is None or not p.grad.any(), name
+    with torch.no_grad():
+        assert [o.shape for o in model(torch.randn(0, 3, *size))] == \
+            [(0, ) + s[1:] for s in shapes]
+
+
+@pytest.mark.parametrize('scope', ['modules', 'global'])
+@pytest.mark.parametrize('drop', [0., 0.2])
+def test_inference_leaves_what_hooks_saw_alone(scope, drop):
+    """The fast inference writes into tensors it has just made, but not into those that
+    forward hooks have seen (and may keep, e.g. to extract features)."""
+    model = randomized(ASMLP(TINY, out_indices=ALL_STAGES, drop_rate=drop,
+                             drop_path_rate=drop)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    block = model.stages[1].blocks[0]
+    y = torch.randn(1, 16, 5, 6)  # NCHW: the 1x1 convs run as modules
+    with torch.no_grad():
+        expected = model(x), block(y)
+    seen, names = [], {m: name for name, m in model.named_modules()}
+
+    def keep(module, args, output):
+        if isinstance(output, torch.Tensor):
+            seen.append((names.get(module), output, output.clone()))
+
+    if scope == 'global':
+        handles = [nn.modules.module.register_module_forward_hook(keep)]
+    else:
+        handles = [m.register_forward_hook(keep) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            outs = model(x), block(y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # what the fast path wrote into: the outputs of the mixers' first norms, of the mixers
+    # and MLPs, of the drop paths and dropouts (which return their input in inference),
+    # and on NCHW input of the convs before a GELU and before the residual sums
+    mixer, mlp = 'stages.1.blocks.0.token_mixer', 'stages.1.blocks.0.mlp'
+    names = {name for name, _, _ in seen}
+    assert {f'{mixer}.norm_in', mixer, mlp, 'stages.1.blocks.0.drop_path', f'{mixer}.proj_w',
+            f'{mixer}.proj_h', f'{mixer}.proj_out', f'{mlp}.fc1', f'{mlp}.fc2'} <= names
+    assert (f'{mlp}.drop' in names) == (drop > 0)
+    for name, output, kept in seen:
+        assert torch.equal(output, kept), name
+    for out, ref in zip([*outs[0], outs[1]], [*expected[0], expected[1]]):
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_double_backward_in_training_names_no_fusion():
+    model = randomized(ASMLP(TINY, drop_path_rate=0.)).train()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    grad, = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r'not differentiable.*no_fusion\(\)'):
+        grad.square().sum().backward()
+    with no_fusion():  # the way out: the plain modules
+        grad, = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
+    ref, = torch.autograd.grad(plain_forward(model, x)[0].square().sum(), x,
+                               create_graph=True)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-4)
+    params = list(model.parameters())
+    second = torch.autograd.grad(grad.square().sum(), params)
+    ref_second = torch.autograd.grad(ref.square().sum(), params)
+    for got, want in zip(second, ref_second):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)

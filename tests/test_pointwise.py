@@ -249,3 +249,86 @@ def test_plain_modules_where_no_fusion_applies():
     assert torch.equal(channel_mlp(fc1, relu, fc2, x), fc2(relu(fc1(x))))
     nchw = torch.randn(1, 4, 3, 3, requires_grad=True)  # not channels-last
     assert 'ConvolutionBackward0' in graph_nodes(channel_mlp(fc1, nn.GELU(), fc2, nchw))
+
+
+@pytest.mark.parametrize('act', pointwise.KEEP_INPUT_ACTIVATIONS)
+def test_activations_whose_output_may_be_overwritten(act):
+    """What :func:`add_into` relies on: the backward of these activations does not read
+    their output, so a sum written into it leaves the gradients as they were."""
+    torch.manual_seed(0)
+    act = act()
+    x, other = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3)
+    params = [x, *act.parameters()]
+    out = pointwise.add_into(act(x), other, act)
+    assert out._version == 1  # written in place
+    ref = act(x) + other
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads(out, params), grads(ref, params)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('act', [nn.ReLU(), nn.Sigmoid(), nn.Tanh(), nn.SiLU(inplace=True),
+                                 nn.GELU()])
+def test_add_into_leaves_what_backward_or_hooks_need_alone(act):
+    torch.manual_seed(0)
+    x, other = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3)
+    hooked = type(act) is nn.GELU  # else: its backward reads its output
+    seen = []
+    if hooked:
+        act.register_forward_hook(lambda m, args, output: seen.append(output))
+    fresh = act(x.clone())
+    kept = fresh.detach().clone()
+    out = pointwise.add_into(fresh, other, act)
+    assert out is not fresh and torch.equal(fresh, kept)
+    assert not hooked or seen[0] is fresh
+    ref = act(x.clone()) + other
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads(out, [x]), grads(ref, [x])):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():  # no backward: only the hooks matter
+        fresh = act(x.clone())
+        assert (pointwise.add_into(fresh, other, act) is fresh) != hooked
+
+
+@pytest.mark.parametrize('fused', ['conv_gelu', 'channel_mlp'])
+def test_fused_training_on_an_empty_batch(fused):
+    fc1, fc2 = convs((6, 12), (12, 6))
+    act = nn.GELU()
+    for shape in ((0, 6, 1, 1), (0, 6, 3, 4)):
+        x = channels_last_input(*shape)
+        if fused == 'conv_gelu':
+            out, ref = conv_gelu(fc1, act, x), act(fc1(x))
+        else:
+            out, ref = channel_mlp(fc1, act, fc2, x), fc2(act(fc1(x)))
+        assert out.shape == ref.shape
+        params = [x, *fc1.parameters(), *fc2.parameters()]
+        got = torch.autograd.grad(out.sum(), params, allow_unused=True)
+        want = torch.autograd.grad(ref.sum(), params, allow_unused=True)
+        for g, w in zip(got, want):
+            assert (g is None) == (w is None)
+            assert g is None or (g.shape == w.shape and not g.any())
+    assert {'_ChannelMLPBackward', '_LinearGELUBackward'} & graph_nodes(out)
+
+
+@pytest.mark.parametrize('fused', ['conv_gelu', 'channel_mlp'])
+def test_fused_backward_is_not_differentiable_and_says_so(fused):
+    fc1, fc2 = convs((4, 16), (16, 4))
+    act = nn.GELU()
+    x = channels_last_input(2, 4, 3, 3)
+    params = [x, *fc1.parameters()]
+
+    def run():
+        if fused == 'conv_gelu':
+            return conv_gelu(fc1, act, x)
+        return channel_mlp(fc1, act, fc2, x)
+
+    out = run()
+    assert {'_ChannelMLPBackward', '_LinearGELUBackward'} & graph_nodes(out)
+    got = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+    with no_fusion():
+        want = torch.autograd.grad(run().square().sum(), params, create_graph=True)
+    for g, w in zip(got, want):  # the first backward is right
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r'fused .* not differentiable.*no_fusion\(\)'):
+        torch.autograd.grad(got[0].square().sum(), params)
+    torch.autograd.grad(want[0].square().sum(), params)  # the way out

@@ -10,7 +10,8 @@ memory: every 1x1 convolution is then one matrix product over the NHWC view of i
 kernel, and the projections followed by a GELU are fused with it on CPU
 (:mod:`asmlp_mm.ops.pointwise`: one oneDNN product in inference; in training autograd
 functions that keep fewer and smaller tensors). In inference the GELUs and residual
-additions write into tensors the block has just made instead of allocating new ones, and
+additions write into tensors the block has just made instead of allocating new ones (not
+into those that forward hooks have seen, which may keep them), and
 the patch embedding and each stage run on a few images at a time (about
 :attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
 caches instead of streaming through memory, and a stage run in many chunks packs its
@@ -18,9 +19,13 @@ weights for oneDNN once; every op treats images independently, so the outputs do
 change. The computation, the parameters and the state-dict layout are those of the plain
 NCHW modules.
 """
+import math
+import numbers
+from collections.abc import Iterable
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,27 +38,45 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..compat import guard_group_norms
 from ..ops import axial_shift, check_shift_args
 from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
-                             is_channels_last, is_traced, may_overwrite, packed_weights,
-                             pointwise_conv)
+                             hooks_see, is_channels_last, is_traced, may_overwrite,
+                             packed_weights, pointwise_conv)
 
 CONNECTIONS = ('parallel', 'serial')
+
+
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy one, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_positive_int(value, name: str) -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming ``name`` unless ``value`` is an integer
+    >= 1."""
+    if not is_int(value):
+        raise TypeError(f'{name} must be a positive integer, got {value!r} '
+                        f'({type(value).__name__})')
+    if value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value}')
 
 
 def conv1x1(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
 
 
-def residual(x: torch.Tensor, branch: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+def residual(x: torch.Tensor, branch: torch.Tensor, drop_path: nn.Module,
+             *sources: nn.Module) -> torch.Tensor:
     """``x + drop_path(branch)`` with fewer passes: stochastic depth as one fused
     multiply-add (the same random draws as mmcv's ``DropPath``), and in inference the sum
-    written into ``branch``."""
+    written into ``branch``, unless forward hooks have seen it: hooks on ``drop_path`` or on
+    the ``sources`` that returned ``branch``."""
     if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0:
         keep = 1 - drop_path.drop_prob
         shape = (x.shape[0], ) + (1, ) * (x.dim() - 1)
         scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
         return torch.addcmul(x, branch, scale.div_(keep))
     branch = drop_path(branch)
-    if may_overwrite(branch):
+    if may_overwrite(branch) and not hooks_see(drop_path, inputs=True) \
+            and not any(hooks_see(m) for m in sources):
         return branch.add_(x)
     return x + branch
 
@@ -155,12 +178,14 @@ class AxialShiftMixer(nn.Module):
         return axial_shift(x, dim, self.shift_size, self.dilation, self.padding)
 
     def forward(self, x):
-        x = activate(self.act, self.norm_in(pointwise_conv(self.proj_in, x)))
+        # the norm's output is fresh: the GELU may write into it unless hooks have seen it
+        x = activate(self.act, self.norm_in(pointwise_conv(self.proj_in, x)),
+                     overwrite=not hooks_see(self.norm_in))
         x_w = conv_gelu(self.proj_w, self.act, self.shift(x, 3))
         x_h = x_w if self.serial else x
         x_h = conv_gelu(self.proj_h, self.act, self.shift(x_h, 2))
-        # the activation's output is needed by no backward: sum into it
-        x = x_h if self.serial else add_into(x_w, x_h)
+        # x_w is fresh: sum into it where no backward needs it (see add_into)
+        x = x_h if self.serial else add_into(x_w, x_h, self.act)
         return pointwise_conv(self.proj_out, self.norm_out(x))
 
 
@@ -210,8 +235,11 @@ class ASMLPBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def _forward(self, x):
-        x = residual(x, self.token_mixer(self.norm1(x)), self.drop_path)
-        return residual(x, self.mlp(self.norm2(x)), self.drop_path)
+        # the modules whose hooks may have seen the branches (the last 1x1 convs run as
+        # modules on NCHW input; in inference the dropout returns what it is given)
+        mixer, mlp = self.token_mixer, self.mlp
+        x = residual(x, mixer(self.norm1(x)), self.drop_path, mixer, mixer.proj_out)
+        return residual(x, mlp(self.norm2(x)), self.drop_path, mlp, mlp.fc2, mlp.drop)
 
     def forward(self, x):
         if self.with_cp and x.requires_grad:
@@ -299,6 +327,15 @@ class ASMLP(BaseModule):
         self.arch_settings = self._parse_arch(arch)
         embed_dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
+        check_positive_int(in_channels, 'in_channels')
+        check_positive_int(patch_size, 'patch_size')
+        if not isinstance(mlp_ratio, numbers.Real) or isinstance(mlp_ratio, (bool, np.bool_)):
+            raise TypeError(f'mlp_ratio must be a positive number, got {mlp_ratio!r} '
+                            f'({type(mlp_ratio).__name__})')
+        if not (0 < mlp_ratio < math.inf and int(embed_dims * mlp_ratio) >= 1):
+            raise ValueError(f'mlp_ratio must be positive and give MLPs of at least one '
+                             f'hidden channel (int(embed_dims * mlp_ratio) >= 1 for '
+                             f'embed_dims={embed_dims}), got {mlp_ratio!r}')
         if drop_path_rate is None:
             drop_path_rate = self.arch_settings.get('drop_path_rate', 0.)
         dilations = self._per_stage(dilation, 'dilation')
@@ -366,24 +403,38 @@ class ASMLP(BaseModule):
 
     @classmethod
     def _per_stage(cls, value, name) -> List[int]:
-        if isinstance(value, int):
-            return [value] * cls.num_stages
+        if is_int(value):
+            return [int(value)] * cls.num_stages
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise TypeError(f'{name} must be an int or a sequence of {cls.num_stages} ints '
+                            f'(one per stage), got {value!r} ({type(value).__name__})')
         value = list(value)
         if len(value) != cls.num_stages:
             raise ValueError(f'{name} must be an int or one value per stage '
                              f'({cls.num_stages}), got {value}')
-        return value
+        if not all(is_int(v) for v in value):
+            raise TypeError(f'{name} must be an int or a sequence of {cls.num_stages} ints '
+                            f'(one per stage), got {value!r}')
+        return [int(v) for v in value]
 
     @classmethod
     def _parse_out_indices(cls, out_indices) -> List[int]:
-        if isinstance(out_indices, int):
+        expected = (f'out_indices must be a stage index or a sequence of them, integers in '
+                    f'[0, {cls.num_stages - 1}] (or negative)')
+        if is_int(out_indices):
             out_indices = [out_indices]
+        if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Iterable):
+            raise TypeError(f'{expected}, got {out_indices!r} ({type(out_indices).__name__})')
+        out_indices = list(out_indices)
+        bad = [i for i in out_indices if not is_int(i)]
+        if bad:
+            raise TypeError(f'{expected}, got {out_indices!r} (not integers: {bad!r})')
         parsed = []
         for i in out_indices:
             if not -cls.num_stages <= i < cls.num_stages:
                 raise ValueError(f'out_indices must lie in [0, {cls.num_stages - 1}] '
                                  f'(or negative), got {list(out_indices)}')
-            parsed.append(i % cls.num_stages)
+            parsed.append(int(i) % cls.num_stages)
         if len(parsed) == 0:
             raise ValueError('out_indices must name at least one stage')
         return sorted(set(parsed))

@@ -17,14 +17,16 @@ projections is fused with them where it saves passes over memory:
   on inputs of more rows than a block (large images, e.g. for detection).
 
 The training functions overwrite what they saved as their backward runs, so they allow
-one backward per forward (a second one raises an error); models in eval mode, e.g. in
-gradient-based analysis tools, take the plain modules. Everything here computes what the
-plain modules compute (the same ops; only the order in which a few weight gradients are
-summed differs). In an autocast region they compute in autocast's dtype, as ``F.linear``
-does there (in inference the GELU then acts before the rounding to that dtype). Tracers,
-exporters and compilers get the plain modules, and so does everything inside
-:func:`no_fusion`.
+one backward per forward (a second one raises an error), and their backward is not
+differentiable (a double backward through it, after ``create_graph=True``, raises an error
+that names :func:`no_fusion`); models in eval mode, e.g. in gradient-based analysis tools,
+take the plain modules. Everything here computes what the plain modules compute (the same
+ops; only the order in which a few weight gradients are summed differs). In an autocast
+region they compute in autocast's dtype, as ``F.linear`` does there (in inference the GELU
+then acts before the rounding to that dtype). Tracers, exporters and compilers get the
+plain modules, and so does everything inside :func:`no_fusion`.
 """
+import functools
 import threading
 from contextlib import contextmanager
 from typing import Optional
@@ -32,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _module
 
 #: Rows (pixels) of a block that stays in the CPU caches: 4096 rows of a 4x-wide hidden
 #: activation of 96 channels are 6 MB. Used by :func:`channel_mlp` and by the chunked
@@ -72,17 +74,37 @@ def may_overwrite(x: torch.Tensor) -> bool:
     return not is_traced()
 
 
-def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``; a GELU writes into ``x`` when :func:`may_overwrite` allows."""
-    if type(act) is nn.GELU and may_overwrite(x):
+def hooks_see(module: nn.Module, inputs: bool = False) -> bool:
+    """Whether forward hooks (the module's own or global ones) see what ``module`` returns
+    (and, with ``inputs``, what it is given, through forward pre-hooks too). A tensor they
+    see may be kept by them, e.g. to extract features: it must not be overwritten
+    afterwards. A few dict lookups, cheap enough for every call."""
+    if module._forward_hooks or _module._global_forward_hooks:
+        return True
+    return inputs and bool(module._forward_pre_hooks or _module._global_forward_pre_hooks)
+
+
+def activate(act: nn.Module, x: torch.Tensor, overwrite: bool = True) -> torch.Tensor:
+    """``act(x)``; a GELU writes into ``x`` when ``overwrite`` (the caller's leave: no
+    hook has seen ``x``) and :func:`may_overwrite` allow."""
+    if type(act) is nn.GELU and overwrite and may_overwrite(x):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
 
 
-def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, written into ``fresh`` (a tensor the caller has just made and
-    that no backward needs) unless a tracer, compiler or exporter is watching."""
-    if is_traced():
+#: Activations whose backward needs their input but not their output (when they do not
+#: act in place): their output may be overwritten while a graph is recorded. Not ReLU,
+#: Sigmoid, Tanh, ..., whose backward reads their output.
+KEEP_INPUT_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Hardswish, nn.PReLU)
+
+
+def add_into(fresh: torch.Tensor, other: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (the output of ``act``, which the caller
+    has just made) where nothing needs it any more: when no backward needs it
+    (:func:`may_overwrite`, or an ``act`` of :data:`KEEP_INPUT_ACTIVATIONS`), no hook of
+    ``act`` has seen it and no tracer, compiler or exporter is watching."""
+    if is_traced() or hooks_see(act) or not (may_overwrite(fresh) or (
+            type(act) in KEEP_INPUT_ACTIVATIONS and not getattr(act, 'inplace', False))):
         return fresh + other
     return fresh.add_(other)
 
@@ -99,7 +121,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N*H*W, C') rows back to a channels-last (N, C', H, W) tensor (a view)."""
     n, _, h, w = like.shape
-    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+    # the channel count given: a -1 would be ambiguous for an empty batch
+    return rows.view(n, h, w, rows.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _oneDNN_op(name: str):
@@ -246,6 +269,50 @@ def _once(ctx, what: str) -> None:
     ctx.spent = True
 
 
+class _NoDoubleBackward(torch.autograd.Function):
+    """The gradients a fused backward computed while a graph of the backward itself was
+    recorded (``create_graph=True``), linked to ``link`` (an incoming gradient that
+    requires grad): differentiating through them raises (see :func:`_once_differentiable`).
+    """
+
+    @staticmethod
+    def forward(ctx, what, link, *grads):
+        ctx.what = what
+        return tuple(g.clone() for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f'the backward of AS-MLP\'s fused {ctx.what} is not differentiable '
+                           '(a double backward, e.g. torch.autograd.grad(..., '
+                           'create_graph=True) and a backward through its result); run the '
+                           'forward inside asmlp_mm.ops.no_fusion() for that')
+
+
+def _once_differentiable(what: str):
+    """torch's ``once_differentiable`` (the backward runs without recording a graph, and a
+    backward through its result raises), with an error that names the way out."""
+
+    def decorate(backward):
+
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                outputs = backward(ctx, *grads)
+            if not torch.is_grad_enabled():
+                return outputs
+            link = next((g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad),
+                        None)
+            if link is None:
+                return outputs
+            tensors = [o for o in outputs if isinstance(o, torch.Tensor)]
+            guarded = iter(_NoDoubleBackward.apply(what, link, *tensors))
+            return tuple(next(guarded) if isinstance(o, torch.Tensor) else o for o in outputs)
+
+        return wrapper
+
+    return decorate
+
+
 def _addmm(bias, x, weight_t, out=None):
     if bias is None:
         return torch.mm(x, weight_t, out=out)
@@ -265,7 +332,7 @@ class _LinearGELU(torch.autograd.Function):
         return F.gelu(pre, approximate=approximate)
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable('linear + GELU')
     def backward(ctx, grad):
         _once(ctx, 'linear + GELU')
         x, weight, pre = ctx.saved_tensors
@@ -282,7 +349,8 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``act`` is a GELU (see the module docstring); otherwise :func:`pointwise_conv` and
     :func:`activate`."""
     if not _fusable(x, act, conv):
-        return activate(act, pointwise_conv(conv, x))
+        # the GELU may write into the product unless the conv ran as a module with hooks
+        return activate(act, pointwise_conv(conv, x), overwrite=not hooks_see(conv))
     if _fused_training(x, conv):
         dtype = compute_dtype(x, conv)
         weight, bias = _operands(conv, dtype)
@@ -311,7 +379,7 @@ class _ChannelMLP(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable('MLP')
     def backward(ctx, grad):
         _once(ctx, 'MLP')
         x, w1, w2, pre = ctx.saved_tensors
