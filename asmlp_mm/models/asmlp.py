@@ -338,6 +338,9 @@ class ASMLP(BaseModule):
                              f'embed_dims={embed_dims}), got {mlp_ratio!r}')
         if drop_path_rate is None:
             drop_path_rate = self.arch_settings.get('drop_path_rate', 0.)
+        if not (isinstance(drop_path_rate, numbers.Real) and 0 <= drop_path_rate < 1):
+            raise ValueError(f'drop_path_rate must be a number in [0, 1) (the chance that the '
+                             f'deepest block skips a branch), got {drop_path_rate!r}')
         dilations = self._per_stage(dilation, 'dilation')
         check_shift_args(shift_size, 1, padding)
         for d in dilations:
