@@ -336,11 +336,45 @@ def test_inference_leaves_what_hooks_saw_alone(scope, drop):
     names = {name for name, _, _ in seen}
     assert {f'{mixer}.norm_in', mixer, mlp, 'stages.1.blocks.0.drop_path', f'{mixer}.proj_w',
             f'{mixer}.proj_h', f'{mixer}.proj_out', f'{mlp}.fc1', f'{mlp}.fc2'} <= names
-    assert (f'{mlp}.drop' in names) == (drop > 0)
+    assert f'{mlp}.drop' in names  # hooks on it: the MLP calls it even at p = 0
     for name, output, kept in seen:
         assert torch.equal(output, kept), name
     for out, ref in zip([*outs[0], outs[1]], [*expected[0], expected[1]]):
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode):
+    """Where forward hooks watch a module, the fast paths call it (they would fuse it away)
+    and inference runs the whole batch at once (not image by image): each module is called
+    as often as in the plain forward, on the whole batch, with the same outputs."""
+    model = randomized(ASMLP(TINY, out_indices=ALL_STAGES, drop_path_rate=0.))
+    model.train(mode == 'train')
+    model.chunk_tokens = 16  # without hooks, inference would run one image at a time
+    x = torch.randn(3, 3, 32, 32)
+    leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
+
+    def calls_of(forward):
+        calls = {}
+        handles = [m.register_forward_hook(
+            lambda m, args, out, name=name: calls.setdefault(name, []).append(out.shape[0]))
+            for name, m in leaves.items()]
+        try:
+            with torch.set_grad_enabled(mode == 'train'):
+                outs = forward(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return calls, outs
+
+    calls, outs = calls_of(model)
+    plain_calls, refs = calls_of(lambda x: plain_forward(model, x))
+    assert set(calls) == set(leaves)  # also those the plain forward skips: drop paths, ...
+    assert all(batches == [3] * len(batches) for batches in calls.values())
+    assert {name: len(calls[name]) for name in plain_calls} == \
+        {name: len(batches) for name, batches in plain_calls.items()}
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_double_backward_in_training_names_no_fusion():

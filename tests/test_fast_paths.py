@@ -144,7 +144,11 @@ def test_chunked_inference_matches_reference(chunk_tokens, calls, monkeypatch):
     model.chunk_tokens = chunk_tokens
     counts = [0] * 5
     for i, module in enumerate([model.patch_embed, *model.stages]):
-        module.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+        # counted in forward: a forward hook would make the stage run on the whole batch
+        def counted(*args, i=i, forward=module.forward):
+            counts[i] += 1
+            return forward(*args)
+        module.forward = counted
     packed, reorder = [], pointwise.REORDER_WEIGHT
     if reorder is not None:
         monkeypatch.setattr(pointwise, 'REORDER_WEIGHT',

@@ -10,14 +10,17 @@ memory: every 1x1 convolution is then one matrix product over the NHWC view of i
 kernel, and the projections followed by a GELU are fused with it on CPU
 (:mod:`asmlp_mm.ops.pointwise`: one oneDNN product in inference; in training autograd
 functions that keep fewer and smaller tensors). In inference the GELUs and residual
-additions write into tensors the block has just made instead of allocating new ones (not
-into those that forward hooks have seen, which may keep them), and
+additions write into tensors the block has just made instead of allocating new ones, and
 the patch embedding and each stage run on a few images at a time (about
 :attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
 caches instead of streaming through memory, and a stage run in many chunks packs its
 weights for oneDNN once; every op treats images independently, so the outputs do not
 change. The computation, the parameters and the state-dict layout are those of the plain
 NCHW modules.
+
+Forward hooks see what they would see on the plain modules: a module that hooks watch is
+called (not fused away), a stage holding one runs on the whole batch, and no tensor a hook
+has seen is written into afterwards.
 """
 import math
 import numbers
@@ -202,7 +205,7 @@ class ChannelMLP(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
-        if self.drop.p == 0:
+        if self.drop.p == 0 and not hooks_see(self.drop, inputs=True):
             return channel_mlp(self.fc1, self.act, self.fc2, x)
         x = self.drop(conv_gelu(self.fc1, self.act, x))
         return self.drop(pointwise_conv(self.fc2, x))
@@ -495,6 +498,13 @@ class ASMLP(BaseModule):
                     m.eval()
         return self
 
+    def _hooks_inside(self, fn) -> bool:
+        """Whether forward hooks watch a module that ``fn`` runs: they would each see the
+        chunks, not the batch."""
+        modules = [self.patch_embed, self.drop_after_embed] if fn == self._embed else [fn]
+        return any(hooks_see(m, inputs=True) for module in modules
+                   for m in module.modules())
+
     def _embed(self, x):
         return self.drop_after_embed(self.patch_embed(x))
 
@@ -505,7 +515,7 @@ class ASMLP(BaseModule):
         tokens = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
         per_chunk = max(1, self.chunk_tokens // tokens)
         if per_chunk >= x.shape[0] or self.training or x.device.type != 'cpu' \
-                or is_traced():
+                or is_traced() or self._hooks_inside(fn):
             return fn(x)
         parts = x.split(per_chunk)
         # every chunk runs the same layers: pack their weights for oneDNN once, where the

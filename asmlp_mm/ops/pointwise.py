@@ -87,7 +87,8 @@ def hooks_see(module: nn.Module, inputs: bool = False) -> bool:
 def activate(act: nn.Module, x: torch.Tensor, overwrite: bool = True) -> torch.Tensor:
     """``act(x)``; a GELU writes into ``x`` when ``overwrite`` (the caller's leave: no
     hook has seen ``x``) and :func:`may_overwrite` allow."""
-    if type(act) is nn.GELU and overwrite and may_overwrite(x):
+    if type(act) is nn.GELU and overwrite and may_overwrite(x) \
+            and not hooks_see(act, inputs=True):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
 
@@ -184,8 +185,10 @@ def _cpu_fast(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
 
 
 def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
-    """Whether the fused CPU paths apply: a GELU and :func:`_cpu_fast`."""
-    return type(act) is nn.GELU and _cpu_fast(x, *convs)
+    """Whether the fused CPU paths apply: a GELU, :func:`_cpu_fast`, and no hooks on the
+    modules that fusing would not call."""
+    return type(act) is nn.GELU and _cpu_fast(x, *convs) and not any(
+        hooks_see(m, inputs=True) for m in (act, *convs))
 
 
 def _operands(conv: nn.Conv2d, dtype: torch.dtype):
@@ -252,7 +255,7 @@ def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     oneDNN's, which adds the bias as it writes (the BLAS ``addmm`` copies the bias into
     the output first, one pass more, and was 4-13% slower on AS-MLP's shapes here),
     otherwise ``F.linear``."""
-    if not is_channels_last(x):
+    if not is_channels_last(x) or hooks_see(conv, inputs=True):  # hooks: call the module
         return conv(x)
     if _cpu_fast(x, conv) and _inference(x, conv):
         return _oneDNN_inference(conv, x)
