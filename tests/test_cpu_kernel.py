@@ -125,11 +125,15 @@ def test_stale_build_lock_is_removed(tmp_path):
     assert not cpu_kernel.clear_stale_lock(str(tmp_path))  # nothing left to remove
 
 
-def test_stale_lock_is_looked_for_where_torch_builds(tmp_path, monkeypatch):
+@pytest.mark.parametrize('lock_is_a_file', [True, False])
+def test_stale_lock_is_looked_for_where_torch_builds(tmp_path, monkeypatch, lock_is_a_file):
     """torch builds in ``$TORCH_EXTENSIONS_DIR/<name>`` (by default in a folder per Python
-    and CUDA version of its cache): the stale lock of an interrupted build is there."""
+    and CUDA version of its cache): the stale lock of an interrupted build is there. Where
+    torch locks the file instead (>= 2.14), it stays after every build and is left alone."""
+    import warnings
     from torch.utils import cpp_extension
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, 'lock_is_a_file', lambda: lock_is_a_file)
     lock = tmp_path / cpu_kernel.library_name() / 'lock'
     lock.parent.mkdir()
     lock.write_text('')
@@ -139,9 +143,18 @@ def test_stale_lock_is_looked_for_where_torch_builds(tmp_path, monkeypatch):
     # the kernel is loaded in this process already: only whether the lock is gone when
     # torch's load runs matters here
     monkeypatch.setattr(cpp_extension, 'load', lambda **kwargs: seen.append(lock.exists()))
-    with pytest.warns(RuntimeWarning, match='stale build lock'):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
         assert cpu_kernel._load()
-    assert seen == [False]
+    assert seen == [not lock_is_a_file]
+    assert any('stale build lock' in str(w.message) for w in caught) == lock_is_a_file
+
+
+def test_which_torch_locks_by_a_file():
+    from torch.utils import cpp_extension
+    locks_the_file = 'FileLock' in vars(cpp_extension)  # torch >= 2.14
+    assert cpu_kernel.lock_is_a_file() == (not locks_the_file)
+    assert cpu_kernel.lock_is_a_file() == (torch.__version__ < '2.14')
 
 
 FIRST_SHIFT_IN_THREADS = textwrap.dedent('''

@@ -62,6 +62,15 @@ def library_name() -> str:
     return 'asmlp_mm_axial_shift_' + re.sub(r'\W', '_', torch.__version__)
 
 
+def lock_is_a_file() -> bool:
+    """Whether torch's build lock is the existence of a file (``FileBaton``, torch < 2.14),
+    which an interrupted build leaves behind. torch >= 2.14 holds an OS lock on the file
+    instead (``FileLock``): the file stays after every build, and removing it could let
+    two builds run at once."""
+    from torch.utils import cpp_extension
+    return hasattr(cpp_extension, 'FileBaton') and not hasattr(cpp_extension, 'FileLock')
+
+
 def clear_stale_lock(build_dir: str, max_age_s: float = STALE_LOCK_S) -> bool:
     """Remove the build lock that an interrupted build left behind (torch would wait on it
     forever); a lock younger than ``max_age_s`` belongs to a build that may be running."""
@@ -102,7 +111,8 @@ def _load() -> bool:
             from torch.utils.cpp_extension import load
         finally:
             cpp_logger.setLevel(level)
-        clear_stale_lock(build_directory())
+        if lock_is_a_file():
+            clear_stale_lock(build_directory())
         load(name=library_name(), sources=[SOURCE], extra_cflags=CFLAGS,
              extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
         return hasattr(torch.ops.asmlp_mm, 'axial_gather')
