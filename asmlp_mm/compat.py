@@ -43,6 +43,10 @@ def _group_norm_input_with_grad(module: nn.GroupNorm, args):
     return None
 
 
+# it keeps nothing and changes no value: the fast paths need not make way for it
+_group_norm_input_with_grad.keeps_nothing = True
+
+
 def guard_group_norms(model: nn.Module) -> None:
     """Give every GroupNorm of ``model`` the hook above, on the torch versions that need it
     (:data:`GROUP_NORM_NEEDS_INPUT_GRAD`); elsewhere do nothing."""

@@ -6,6 +6,7 @@ import torch.nn as nn
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours, roll_shift
 from asmlp_mm.ops import no_fusion
+from asmlp_mm.ops.pointwise import hooks_see
 
 TINY = dict(embed_dims=8, depths=[1, 1, 2, 1])
 
@@ -93,6 +94,21 @@ def test_frozen_stages():
     sum(o.sum() for o in model(torch.randn(1, 3, 32, 32))).backward()
     opt.step()
     assert torch.equal(before, model.stages[0].blocks[0].mlp.fc1.weight)
+
+
+def test_group_norm_guard_leaves_the_fast_paths_on(monkeypatch):
+    """The guard's pre-hooks keep nothing: unlike a user's hooks, they do not stop the
+    fused paths nor the chunked inference (see the hook tests below)."""
+    from asmlp_mm import compat
+    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
+    model = ASMLP(TINY)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m._forward_pre_hooks for m in norms)
+    assert not any(hooks_see(m, inputs=True) for m in norms)
+    assert not any(model._hooks_inside(stage) for stage in model.stages)
+    in_stage = next(m for m in model.stages[0].modules() if isinstance(m, nn.GroupNorm))
+    in_stage.register_forward_pre_hook(lambda module, args: None)  # a user's
+    assert hooks_see(in_stage, inputs=True) and model._hooks_inside(model.stages[0])
 
 
 @pytest.mark.parametrize('frozen_stages', [0, 2])

@@ -74,6 +74,12 @@ def may_overwrite(x: torch.Tensor) -> bool:
     return not is_traced()
 
 
+def _watching(hooks: dict) -> bool:
+    """Whether ``hooks`` hold one that may keep what it sees (not marked ``keeps_nothing``,
+    as this package's own GroupNorm guard of :mod:`asmlp_mm.compat` is)."""
+    return any(not getattr(hook, 'keeps_nothing', False) for hook in hooks.values())
+
+
 def hooks_see(module: nn.Module, inputs: bool = False) -> bool:
     """Whether forward hooks (the module's own or global ones) see what ``module`` returns
     (and, with ``inputs``, what it is given, through forward pre-hooks too). A tensor they
@@ -81,7 +87,8 @@ def hooks_see(module: nn.Module, inputs: bool = False) -> bool:
     afterwards. A few dict lookups, cheap enough for every call."""
     if module._forward_hooks or _module._global_forward_hooks:
         return True
-    return inputs and bool(module._forward_pre_hooks or _module._global_forward_pre_hooks)
+    return inputs and (_watching(module._forward_pre_hooks)
+                       or _watching(_module._global_forward_pre_hooks))
 
 
 def activate(act: nn.Module, x: torch.Tensor, overwrite: bool = True) -> torch.Tensor:
