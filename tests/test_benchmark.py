@@ -80,6 +80,7 @@ def test_profile_lists_the_operators_that_take_the_time(capsys):
 
 
 def test_training_a_pooled_batch_norm_on_one_image_names_the_batch():
+    pytest.importorskip('mmseg')  # installed by make install; not with mmcv-lite
     seg_demo = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
     with pytest.raises(SystemExit, match='--batch 1: a BatchNorm layer'):
         benchmark.main([seg_demo, '--mode', 'train', '--batch', '1', '--shape', '64',
