@@ -496,6 +496,10 @@ BAD_COCO = {
                                  r"the file: \('circle', 'square', 'triangle'\)"),
     'repeated category': ('train', lambda c: c['categories'].append(
         dict(id=9, name='circle')), r"more than one category named 'circle'"),
+    'annotations of no image': (
+        'val', lambda c: [a.update(image_id=str(a['image_id'])) for a in c['annotations']],
+        r"annotations \(ids 1, 2, .*\) refer to image ids that no image of the file "
+        r"has \(e\.g\. '1' where the images have ids such as 1, 2\): no object would be"),
     'repeated image id': ('train', set_key('id', 1, 'images', 1),
                           r'gives the same id to more than one image: ids 1; each image '
                           r'needs its own id'),
@@ -557,6 +561,20 @@ def test_coco_annotation_checks_follow_the_data_and_the_pipeline(tmp_path):
     assert len(dataset[0]['data_samples'].gt_instances) == len(first)
     with pytest.raises(ValueError, match="have no 'segmentation'"):
         build_dataset(DET_DEMO, 'train_dataloader', data_root=root)
+
+
+def test_coco_annotations_of_missing_images_are_named_and_ignored(tmp_path):
+    from asmlp_mm.datasets.coco import annotation_file
+    root = tiny_coco(tmp_path)
+    path = annotation_file(root, 'train')
+    edit_json(path, set_key('image_id', 99))
+    with open(path) as f:
+        coco = json.load(f)
+    with pytest.warns(UserWarning, match=r'1 of its \d+ annotations \(ids 1\) refer to image '
+                      r'ids that no image of the file has .*: they are ignored'):
+        dataset = build_dataset(DET_DEMO, 'train_dataloader', data_root=root)
+    kept = sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset)))
+    assert kept == len(coco['annotations']) - 1
 
 
 def rle(mask, compressed):

@@ -196,6 +196,23 @@ def check_annotations(coco: dict, name: str, with_masks: bool) -> None:
             f'{len(annotations)} annotations are not valid COCO annotations: ' + '; '.join(
                 f'annotations {quote_some(ids)} {problem}' for problem, ids in bad.items())
             + f': {ANNOTATION_FORMAT}' + (MASK_FORMAT if with_masks else ''))
+    check_image_references(annotations, images, name)
+
+
+def check_image_references(annotations: List[dict], images: dict, name: str) -> None:
+    """Annotations refer to images of the file: where none does (ids of another kind or
+    another file) an error, where some do not a warning (mmdet and COCO evaluation drop
+    them)."""
+    orphans = [ann.get('id') for ann in annotations if ann['image_id'] not in images]
+    if not orphans:
+        return
+    message = (f'annotation file {name!r}: {len(orphans)} of its {len(annotations)} '
+               f'annotations (ids {quote_some(orphans)}) refer to image ids that no image '
+               f'of the file has (e.g. {annotations[0]["image_id"]!r} where the images have '
+               f'ids such as {quote_some(list(images)[:3])})')
+    if len(orphans) == len(annotations):
+        raise ValueError(message + ': no object would be trained on or evaluated')
+    warnings.warn(message + ': they are ignored')
 
 
 def check_image_size(load, results: dict, ann_file: str) -> Optional[dict]:
