@@ -1,10 +1,13 @@
-"""Helpers of the tests that run the tools (train.py, test.py, the dist scripts) in
-subprocesses. pytest puts this folder on ``sys.path``: ``from helpers import run_tool``."""
+"""Helpers of the tests: running the tools (train.py, test.py, the dist scripts) in
+subprocesses, and random model weights. pytest puts this folder on ``sys.path``:
+``from helpers import run_tool``."""
 import os
 import os.path as osp
 import socket
 import subprocess
 import sys
+
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
@@ -39,3 +42,13 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def randomize(model):
+    """The model with every parameter drawn from N(0, 0.3), seed 1: non-trivial norm
+    weights and biases (fresh norms are ones and zeros)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import randomize
 
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours, roll_shift
@@ -241,15 +242,6 @@ def test_numpy_integers_are_integers():
 ALL_STAGES = (0, 1, 2, 3)
 
 
-def randomized(model):
-    """Non-trivial norm weights and biases (fresh norms are ones and zeros)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
-
-
 def plain_forward(model: ASMLP, x):
     """ASMLP's forward from its modules, each called as a plain module on NCHW tensors, with
     the released shift (zero padding, dilation 1), out-of-place sums and no stochastic
@@ -279,7 +271,7 @@ def plain_forward(model: ASMLP, x):
 def test_any_activation_trains(act, connection):
     """The W and H branches are summed into the W branch's activation only where no
     backward needs it (ReLU, Sigmoid and Tanh keep their output for backward)."""
-    model = randomized(ASMLP(TINY, act_cfg=dict(type=act), connection=connection,
+    model = randomize(ASMLP(TINY, act_cfg=dict(type=act), connection=connection,
                              drop_path_rate=0., out_indices=ALL_STAGES)).train()
     x = torch.randn(2, 3, 32, 32)
     weights = [torch.randn(1) for _ in ALL_STAGES]
@@ -322,7 +314,7 @@ def test_empty_batch(train, size):
 def test_inference_leaves_what_hooks_saw_alone(scope, drop):
     """The fast inference writes into tensors it has just made, but not into those that
     forward hooks have seen (and may keep, e.g. to extract features)."""
-    model = randomized(ASMLP(TINY, out_indices=ALL_STAGES, drop_rate=drop,
+    model = randomize(ASMLP(TINY, out_indices=ALL_STAGES, drop_rate=drop,
                              drop_path_rate=drop)).eval()
     x = torch.randn(2, 3, 32, 32)
     block = model.stages[1].blocks[0]
@@ -364,7 +356,7 @@ def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode):
     """Where forward hooks watch a module, the fast paths call it (they would fuse it away)
     and inference runs the whole batch at once (not image by image): each module is called
     as often as in the plain forward, on the whole batch, with the same outputs."""
-    model = randomized(ASMLP(TINY, out_indices=ALL_STAGES, drop_path_rate=0.))
+    model = randomize(ASMLP(TINY, out_indices=ALL_STAGES, drop_path_rate=0.))
     model.train(mode == 'train')
     model.chunk_tokens = 16  # without hooks, inference would run one image at a time
     x = torch.randn(3, 3, 32, 32)
@@ -394,7 +386,7 @@ def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode):
 
 
 def test_double_backward_in_training_names_no_fusion():
-    model = randomized(ASMLP(TINY, drop_path_rate=0.)).train()
+    model = randomize(ASMLP(TINY, drop_path_rate=0.)).train()
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     grad, = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r'not differentiable.*no_fusion\(\)'):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import randomize
 from mmcv.cnn.bricks import DropPath
 
 from asmlp_mm.models import ASMLP
@@ -97,15 +98,6 @@ def reference_forward(model: ASMLP, x):
         if i in model.out_indices:
             outs.append(ref_norm(getattr(model, f'norm{i}'), x))
     return tuple(outs)
-
-
-def randomize(model):
-    """Non-trivial norm weights and biases (fresh norms are ones and zeros)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
 
 
 def assert_outputs_close(outs, refs):
