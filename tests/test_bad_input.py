@@ -637,6 +637,106 @@ def test_coco_image_of_another_size_than_the_json_fails_when_loaded(tmp_path):
             dataset[1]
 
 
+def test_coco_jpeg_cut_short_fails_when_loaded(tmp_path):
+    root = tiny_coco(tmp_path)
+    for split in ('train', 'val'):
+        image = osp.join(root, split, f'{split}_0001.jpg')
+        cut_short(image, 0.8)
+        dataset = build_dataset(DET_DEMO, f'{split}_dataloader', data_root=root)
+        assert len(dataset[0]['data_samples'].gt_instances) > 0  # image 1 is whole
+        with pytest.raises(ValueError, match=re.escape(
+                f"image '{image}' is cut short: its JPEG data ends before the end-of-image "
+                f"marker")):
+            dataset[1]
+
+
+def test_ade_jpeg_cut_short_fails_when_loaded_in_train_test_and_tta(tmp_path):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
+    cfg = Config.fromfile(SEG_DEMO)
+    for split in ('training', 'validation'):
+        cut_short(osp.join(root, 'images', split, f'ADE_{split}_00001.jpg'), 0.6)
+    for loader, pipeline in (('train_dataloader', cfg.train_pipeline),
+                             ('val_dataloader', cfg.test_pipeline),
+                             ('val_dataloader', cfg.tta_pipeline)):
+        dataset = build_dataset(SEG_DEMO, loader, data_root=root, pipeline=pipeline)
+        split = 'training' if loader == 'train_dataloader' else 'validation'
+        dataset[0]
+        image = osp.join(root, 'images', split, f'ADE_{split}_00001.jpg')
+        with pytest.raises(ValueError, match=re.escape(f"image '{image}' is cut short")):
+            dataset[1]
+
+
+def test_ade_16_bit_label_maps_load_unless_values_would_wrap(tmp_path):
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
+    folder = osp.join(root, 'annotations', 'validation')
+    for i in (0, 1):
+        path = osp.join(folder, f'ADE_validation_{i:05d}.png')
+        label = np.asarray(Image.open(path)).astype(np.uint16)
+        if i == 1:
+            label[:4, :4] = 257  # would become 1, a class, if cast to 8 bits
+        Image.fromarray(label).save(path)
+    dataset = build_dataset(SEG_DEMO, 'val_dataloader', data_root=root)
+    # values within 8 bits: read as the 8-bit file would be
+    reference = np.asarray(Image.open(osp.join(folder, 'ADE_validation_00000.png'))) - 1
+    loaded = dataset[0]['data_samples'].gt_sem_seg.data[0].numpy()
+    np.testing.assert_array_equal(loaded, reference.astype(np.uint8))
+    path = osp.join(folder, 'ADE_validation_00001.png')
+    with pytest.raises(ValueError, match=re.escape(
+            f"label map '{path}' is a 16-bit PNG with values up to 257: mmseg reads label "
+            f"maps as 8 bits, so values above 255 would become other classes (257 -> 1)")):
+        dataset[1]
+
+
+def cut_short(path, fraction):
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:int(len(data) * fraction)])
+
+
+def jpeg_bytes(image, **save_args):
+    from io import BytesIO
+    out = BytesIO()
+    image.save(out, 'JPEG', **save_args)
+    return out.getvalue()
+
+
+def test_jpeg_end_is_found_past_thumbnails_restarts_and_scans_and_not_in_a_cut_file(tmp_path):
+    from asmlp_mm.datasets.checks import jpeg_cut_short, jpeg_end
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    plain = jpeg_bytes(image)
+    thumbnail = jpeg_bytes(image.resize((8, 8)))
+    # an APP1 segment holding a whole JPEG (as an EXIF thumbnail), end marker included
+    app1 = b'\xff\xe1' + (len(thumbnail) + 2).to_bytes(2, 'big') + thumbnail
+    streams = {
+        'plain': plain,
+        'progressive': jpeg_bytes(image, progressive=True),
+        'restart markers': jpeg_bytes(image, restart_marker_blocks=1),
+        'thumbnail': plain[:2] + app1 + plain[2:],
+    }
+    assert b'\xff\xd0' in streams['restart markers'][600:]
+    assert streams['progressive'].count(b'\xff\xda') > 1  # several scans
+    for name, data in streams.items():
+        assert jpeg_end(data) == len(data), name
+        assert jpeg_end(data + b'appended \xff\xd8 data') == len(data), name
+        # every file cut short, also one cut right after the thumbnail's end marker
+        for size in range(2, len(data)):
+            assert jpeg_end(data[:size]) is None, (name, size)
+    for name, tail in (('whole', b''), ('padded', b'\0' * 3000), ('appended', b'x' * 5000),
+                       ('cut', None)):
+        path = str(tmp_path / f'{name}.jpg')
+        data = streams['thumbnail']
+        with open(path, 'wb') as f:
+            f.write(data[:-300] if tail is None else data + tail)
+        assert jpeg_cut_short(path) == (tail is None), name
+    not_jpeg = str(tmp_path / 'not.jpg')
+    image.save(not_jpeg, 'PNG')
+    assert not jpeg_cut_short(not_jpeg)
+
+
 @pytest.mark.parametrize('case', ['smaller', 'rgb', 'not an image'])
 def test_ade_label_maps_of_another_size_or_not_single_channel_fail_when_loaded(tmp_path, case):
     from asmlp_mm.datasets.ade import make_ade_dataset

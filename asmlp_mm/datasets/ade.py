@@ -17,15 +17,18 @@ import os
 import os.path as osp
 from typing import List, Tuple, Union
 
+import mmcv
 import numpy as np
 import torch
+from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmseg.datasets import ADE20KDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from .checks import bad_label_values, find_missing, guard_transforms, quote_some, relative_names
+from .checks import (bad_label_values, check_image_complete, find_missing, guard_transforms,
+                     local_file, png_bit_depth, quote_some, relative_names)
 from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
 
 # one colour per shape class: the shapes are drawn in it, and so are the predictions
@@ -50,12 +53,30 @@ def check_label_map(load, results: dict) -> dict:
     labels = results['gt_seg_map']
     height, width = tuple(results.get('ori_shape', labels.shape))[:2]
     if labels.ndim == 2 and labels.shape == (height, width):
+        check_label_depth(load, path)
         return results
     problem = (f'has {labels.shape[2]} channels' if labels.ndim == 3 else
                f'is {" x ".join(map(str, labels.shape))} pixels')
     raise ValueError(f'label map {path!r} {problem} (shape {labels.shape}) and its image '
                      f'{results.get("img_path")!r} is {height} x {width} (height x width): '
                      f'{LABEL_MAP}')
+
+
+def check_label_depth(load, path: str) -> None:
+    """Check that a 16-bit PNG label map (on a local disk) holds no value above 255: mmseg's
+    ``LoadAnnotations`` (``load``) casts label maps to 8 bits, so such values would wrap
+    around to other classes (256 to 0). The file is decoded a second time only if its
+    header says 16 bits."""
+    path = local_file(path, getattr(load, 'backend_args', None))
+    if path is None or png_bit_depth(path) != 16:
+        return
+    raw = mmcv.imfrombytes(fileio.get(path), flag='unchanged',
+                           backend=getattr(load, 'imdecode_backend', 'cv2'))
+    top = int(raw.max()) if raw is not None and raw.size else 0
+    if top > 255:
+        raise ValueError(f'label map {path!r} is a 16-bit PNG with values up to {top}: mmseg '
+                         f'reads label maps as 8 bits, so values above 255 would become '
+                         f'other classes ({top} -> {top % 256}); {LABEL_MAP}, 8 bits')
 
 
 @DATASETS.register_module()
@@ -80,7 +101,11 @@ class CheckedADE20KDataset(ADE20KDataset):
     training, testing and test-time augmentation alike), a label map that is not an image,
     has more than one channel (e.g. an RGB rendering) or is not the size of its image
     raises ``ValueError`` naming the label file, its shape and the image's; mmseg would
-    fail later with an error that names no file, or resize it to fit in training.
+    fail later with an error that names no file, or resize it to fit in training. So does
+    a 16-bit PNG label map with values above 255, which mmseg would wrap to 8 bits. A JPEG
+    image cut short (OpenCV decodes it with the missing part gray) raises ``ValueError``
+    naming it when it is loaded. The checks that read a file again (the end of a JPEG
+    image, the values of a 16-bit label map) check files on a local disk only.
 
     Args:
         check_files (bool): Check the image and label files when the dataset is built.
@@ -96,6 +121,7 @@ class CheckedADE20KDataset(ADE20KDataset):
         self.check_files = check_files
         self.check_labels = check_labels
         super().__init__(*args, **kwargs)
+        guard_transforms(self.pipeline, LoadImageFromFile, check_image_complete)
         if check_labels:
             guard_transforms(self.pipeline, LoadAnnotations, check_label_map)
 

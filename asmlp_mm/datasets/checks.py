@@ -1,16 +1,17 @@
 """Checks of dataset files shared by the detection and segmentation datasets.
 
-They turn bad data (images listed but absent, label maps without images, label values
-outside the classes, annotation files that are not JSON) into one clear error when the
-dataset is built or a sample is loaded, instead of a failure deep inside training or a
-silently wrong metric; and they hook checks into the loading transforms of a pipeline.
-No toolbox is imported here.
+They turn bad data (images listed but absent, JPEG files cut short, label maps without
+images, label values outside the classes, annotation files that are not JSON) into one
+clear error when the dataset is built or a sample is loaded, instead of a failure deep
+inside training or a silently wrong metric; and they hook checks into the loading
+transforms of a pipeline. No toolbox is imported here.
 """
 import json
+import os
 import os.path as osp
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from mmengine.fileio import get_file_backend
+from mmengine.fileio import LocalBackend, get_file_backend
 
 SHOWN = 5  # names quoted in an error; the rest are counted
 
@@ -104,3 +105,101 @@ def guard_transforms(pipeline, types, guard: Callable) -> int:
     for held, i in slots:
         held[i] = Guarded(held[i], guard)
     return len(slots)
+
+
+def local_file(path: str, backend_args: Optional[dict] = None) -> Optional[str]:
+    """``path`` if it is a file on a local disk (the checks that read files again read only
+    local ones: on remote storage that would mean a second download), else ``None``."""
+    if not isinstance(path, str):
+        return None
+    backend = get_file_backend(path, backend_args=backend_args)
+    return path if isinstance(backend, LocalBackend) and osp.isfile(path) else None
+
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def png_bit_depth(path: str) -> Optional[int]:
+    """The bit depth per sample (1, 2, 4, 8 or 16) of the PNG file ``path``, read from its
+    header; ``None`` if it is not a PNG file."""
+    with open(path, 'rb') as f:
+        head = f.read(25)
+    if len(head) < 25 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b'IHDR':
+        return None
+    return head[24]
+
+
+JPEG_START = b'\xff\xd8'
+JPEG_END = b'\xff\xd9'
+# markers of no length: TEM and the restart markers RST0..RST7 (and SOI, checked apart)
+_STANDALONE = {0x01} | set(range(0xD0, 0xD8))
+
+
+def jpeg_end(data: bytes) -> Optional[int]:
+    """The offset just past the end-of-image marker of the JPEG stream ``data`` (which
+    starts with the start-of-image marker), or ``None`` if ``data`` ends before it: a file
+    cut short. Segments are skipped by their length (so that an EXIF thumbnail's marker
+    does not count) and the compressed data of a scan up to its next marker; bytes
+    after the end (data that some cameras append) do not matter."""
+    pos, size = len(JPEG_START), len(data)
+    while pos + 1 < size:
+        if data[pos] != 0xFF:  # garbage between segments, which decoders skip
+            pos = data.find(b'\xff', pos)
+            if pos < 0:
+                return None
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
+        if marker == JPEG_END[1]:
+            return pos + 2
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+        if marker != 0xDA:  # not the start of a scan
+            continue
+        while True:  # compressed data: 0xFF is followed by 0x00 (stuffing), RSTn or fill
+            pos = data.find(b'\xff', pos)
+            if pos < 0 or pos + 1 >= size:
+                return None
+            follower = data[pos + 1]
+            if follower == 0xFF:
+                pos += 1
+            elif follower == 0x00 or 0xD0 <= follower <= 0xD7:
+                pos += 2
+            else:
+                break
+    return None
+
+
+def jpeg_cut_short(path: str, tail_bytes: int = 1024) -> bool:
+    """Whether ``path`` is a JPEG file that ends before its end-of-image marker (cut short
+    in copying or downloading). OpenCV decodes such a file without an error, with the
+    missing part gray. A file that ends with the marker (zero bytes or white space after
+    it allowed) is read no further than its last ``tail_bytes``; others are parsed whole
+    (:func:`jpeg_end`). Not a JPEG file: ``False``."""
+    with open(path, 'rb') as f:
+        if f.read(2) != JPEG_START:
+            return False
+        f.seek(0, os.SEEK_END)
+        f.seek(max(f.tell() - tail_bytes, 0))
+        if f.read().rstrip(b'\x00 \t\r\n').endswith(JPEG_END):
+            return False
+        f.seek(0)
+        return jpeg_end(f.read()) is None
+
+
+def check_image_complete(load: Callable, results: dict) -> Optional[dict]:
+    """Check that the image file (``results['img_path']``, when on a local disk) is not a
+    JPEG cut short, then load it (``load``: the pipeline's ``LoadImageFromFile``)."""
+    path = local_file(results.get('img_path'), getattr(load, 'backend_args', None))
+    if path is not None and jpeg_cut_short(path):
+        raise ValueError(f'image {path!r} is cut short: its JPEG data ends before the '
+                         f'end-of-image marker (a file cut short in copying or '
+                         f'downloading?). OpenCV would decode it with the missing part '
+                         f'gray; copy the file again')
+    return load(results)

@@ -15,8 +15,8 @@ from mmdet.datasets.api_wrappers import COCO
 from mmdet.datasets.transforms import LoadAnnotations
 from mmdet.registry import DATASETS
 
-from .checks import (find_missing, find_transforms, guard_transforms, quote_some, read_json,
-                     relative_names)
+from .checks import (check_image_complete, find_missing, find_transforms, guard_transforms,
+                     quote_some, read_json, relative_names)
 
 IMAGE_KEYS = ('id', 'file_name', 'height', 'width')
 # what CocoDataset (bbox, area) and COCO evaluation (also iscrowd) read of every annotation
@@ -216,9 +216,10 @@ def check_image_references(annotations: List[dict], images: dict, name: str) -> 
 
 
 def check_image_size(load, results: dict, ann_file: str) -> Optional[dict]:
-    """Load the image (``load``: the pipeline's ``LoadImageFromFile``) and check that its
-    size is the height and width that the annotation file gives it."""
-    results = load(results)
+    """Load the image (``load``: the pipeline's ``LoadImageFromFile``; a JPEG cut short is
+    an error, see :func:`check_image_complete`) and check that its size is the height and
+    width that the annotation file gives it."""
+    results = check_image_complete(load, results)
     if results is None or 'height' not in results:
         return results
     real = tuple(results['ori_shape'][:2])
@@ -260,6 +261,8 @@ class CheckedCocoDataset(CocoDataset):
     of the size of COCO train2017. When an image is loaded, its size must be the height
     and width that the file gives it (``ValueError`` naming the image, both sizes and the
     file, before any resizing): masks are drawn, and evaluated, at the size of the file.
+    A JPEG image cut short (on a local disk) is an error naming it when it is loaded:
+    OpenCV would decode it with the missing part gray.
 
     Annotations are otherwise parsed as ``CocoDataset`` does: boxes of no area (``w`` or
     ``h`` < 1, ``area`` <= 0, or outside the image) and ``ignore`` annotations are skipped;
