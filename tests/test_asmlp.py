@@ -219,6 +219,8 @@ def test_default_init():
     (dict(out_indices=(4, )), ValueError, 'out_indices'),
     (dict(frozen_stages=5), ValueError, 'frozen_stages'),
     (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
+    (dict(frozen_stages=1.0), ValueError, 'frozen_stages'),
+    (dict(frozen_stages=True), ValueError, 'frozen_stages'),
 ])
 def test_bad_arguments(kwargs, error, match):
     kwargs.setdefault('arch', TINY)
@@ -229,8 +231,12 @@ def test_bad_arguments(kwargs, error, match):
 def test_numpy_integers_are_integers():
     """numpy integers count as integers (a numpy dilation was 'not iterable')."""
     model = ASMLP(TINY, patch_size=np.int64(2), dilation=np.int64(2),
-                  out_indices=np.array([0, -1]), mlp_ratio=np.float32(0.125))
+                  out_indices=np.array([0, -1]), mlp_ratio=np.float32(0.125),
+                  frozen_stages=np.int32(1))
     assert model.out_indices == [0, 3]
+    assert type(model.frozen_stages) is int and model.frozen_stages == 1
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert all(p.requires_grad for p in model.stages[1].parameters())
     assert [s.blocks[0].token_mixer.dilation for s in model.stages] == [2, 2, 2, 2]
     assert model.stages[0].blocks[0].mlp.fc1.out_channels == 1  # int(8 * 0.125)
     assert [o.shape[1:] for o in model(torch.randn(1, 3, 16, 16))] == [(8, 8, 8), (64, 1, 1)]

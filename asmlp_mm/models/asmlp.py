@@ -351,11 +351,10 @@ class ASMLP(BaseModule):
         if connection not in CONNECTIONS:
             raise ValueError(f'connection must be one of {CONNECTIONS}, got {connection!r}')
         self.out_indices = self._parse_out_indices(out_indices)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
-                or not -1 <= frozen_stages <= self.num_stages:
+        if not is_int(frozen_stages) or not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be an integer in [-1, {self.num_stages}], '
                              f'got {frozen_stages!r}')
-        self.frozen_stages = frozen_stages
+        self.frozen_stages = int(frozen_stages)
         self.norm_eval = norm_eval
 
         self.embed_dims = embed_dims
