@@ -11,9 +11,7 @@ import json
 import os
 import os.path as osp
 
-from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
-from asmlp_mm.compat import CheckpointError
-from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
+from _common import add_common_args, exit_after_success, load_config, run_loop
 from mmengine.config import ConfigDict
 from mmengine.runner import Runner
 
@@ -65,17 +63,11 @@ def main():
     if args.tta:
         enable_tta(cfg)
     runner = Runner.from_cfg(cfg)
-    # fail with the mismatched keys instead of evaluating a half-loaded model
-    runner.register_hook(CheckpointFitsHook(), priority='VERY_HIGH')
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    try:
-        metrics = runner.test()
-    except (CheckpointError, CheckpointMismatchError) as err:
-        raise SystemExit(str(err))
-    finally:
-        shutdown_distributed()
+    # fail with the mismatched keys instead of evaluating a half-loaded model
+    metrics = run_loop(runner.test, runner)
     if args.dump_metrics:
         with open(args.dump_metrics, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()

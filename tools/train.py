@@ -5,9 +5,7 @@
 """
 import argparse
 
-from _common import add_common_args, exit_after_success, load_config, shutdown_distributed
-from asmlp_mm.compat import CheckpointError
-from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
+from _common import add_common_args, exit_after_success, load_config, run_loop
 from mmengine.runner import Runner
 
 
@@ -51,14 +49,8 @@ def main():
                              '(the total batch size its learning rate is set for)')
         cfg.auto_scale_lr.enable = True
     runner = Runner.from_cfg(cfg)
-    if cfg.resume:  # the training state of another model fails later and less clearly
-        runner.register_hook(CheckpointFitsHook(), priority='VERY_HIGH')
-    try:
-        runner.train()
-    except (CheckpointError, CheckpointMismatchError) as err:
-        raise SystemExit(str(err))
-    finally:
-        shutdown_distributed()
+    # the training state of another model would fail later and less clearly
+    run_loop(runner.train, runner, check_checkpoint=cfg.resume)
 
 
 if __name__ == '__main__':
