@@ -121,6 +121,73 @@ def test_missing_dataset_folder_is_reported(tmp_path):
         DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=str(tmp_path / 'nowhere')))
 
 
+CLS_TINY = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
+
+
+def tiny_imagenet(root, lines=None):
+    """An ImageNet layout (train/, val/, meta/{train,val}.txt) of 2 + 2 JPEG images of
+    24 x 32, or, with ``lines``, list files of those lines (the images they name are
+    written); returns ``root``."""
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        listed = lines or [f'n01/{split}_{i}.JPEG {i * 999}' for i in range(2)]
+        for line in listed:
+            path = osp.join(root, split, line.rsplit(' ', 1)[0])
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        os.makedirs(osp.join(root, 'meta'), exist_ok=True)
+        with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
+            f.write('\n'.join(listed) + '\n')
+    return root
+
+
+def test_imagenet_list_files_are_read_as_by_mmpretrain(tmp_path):
+    root = tiny_imagenet(str(tmp_path / 'imagenet'))
+    for split in ('train', 'val'):
+        dataset = build_dataset(CLS_TINY, f'{split}_dataloader', data_root=root)
+        assert type(dataset).__name__ == 'CheckedImageNet'
+        assert [(osp.relpath(info['img_path'], root), info['gt_label'])
+                for info in dataset.load_data_list()] == [
+                    (f'{split}/n01/{split}_0.JPEG', 0), (f'{split}/n01/{split}_1.JPEG', 999)]
+        sample = dataset[1]
+        assert sample['inputs'].shape == (3, 224, 224)
+        assert int(sample['data_samples'].gt_label) == 999
+
+
+@pytest.mark.parametrize('case', ['bad line', 'class 1000', 'class -1', 'missing image',
+                                  'cut short'])
+def test_imagenet_bad_list_files_and_images_are_named(tmp_path, case):
+    root = str(tmp_path / 'imagenet')
+    lines = ['n01/a.JPEG 3', 'n01/b c.JPEG 5', 'n02/d.JPEG 7']
+    if case == 'bad line':
+        tiny_imagenet(root, lines)
+        for split in ('train', 'val'):
+            with open(osp.join(root, 'meta', f'{split}.txt'), 'a') as f:
+                f.write('n02/e.JPEG\n')
+        error, match = ValueError, (r"list file '.*meta/val.txt', line 4: 'n02/e.JPEG' is not "
+                                    r"an image path and a class index")
+    elif case.startswith('class'):
+        tiny_imagenet(root, lines[:2] + [f'n02/d.JPEG {case.split()[1]}'])
+        error, match = ValueError, (
+            rf"1 of the 3 images of list file '.*meta/val.txt' have a class index outside 0..999 "
+            rf"\(the 1000 classes of CheckedImageNet\): '.*/n02/d.JPEG {case.split()[1]}'")
+    elif case == 'missing image':
+        tiny_imagenet(root, lines)
+        os.remove(osp.join(root, 'val', 'n01', 'b c.JPEG'))
+        error, match = FileNotFoundError, (r"1 of the 3 images listed in '.*meta/val.txt' do "
+                                           r"not exist in '.*val': 'n01/b c.JPEG'")
+    else:
+        tiny_imagenet(root, lines)
+        cut_short(osp.join(root, 'val', 'n02', 'd.JPEG'), 0.7)
+        dataset = build_dataset(CLS_TINY, 'val_dataloader', data_root=root)
+        dataset[0], dataset[1]
+        with pytest.raises(ValueError, match=r"image '.*n02/d.JPEG' is cut short"):
+            dataset[2]
+        return
+    with pytest.raises(error, match=match):
+        build_dataset(CLS_TINY, 'val_dataloader', data_root=root)
+
+
 # ---------------------------------------------------------------------------------------
 # detection and segmentation data, through the demo configs' datasets and pipelines
 # ---------------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = dict(batch_size=128)
+# ImageNet with checks of the list files and images (asmlp_mm/datasets/imagenet.py)
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.imagenet'],
+                      allow_failed_imports=False)
+train_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
+val_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
+test_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 
 optim_wrapper = dict(clip_grad=dict(max_norm=5.0))

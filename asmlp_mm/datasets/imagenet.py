@@ -1,0 +1,93 @@
+"""mmpretrain's ``ImageNet`` with the checks of bad data that it lacks.
+
+Importing this module registers :class:`CheckedImageNet` in mmpretrain's DATASETS; the
+ImageNet-1K configs import it (``custom_imports``) and use it as their dataset type.
+"""
+from typing import List
+
+from mmcv.transforms import LoadImageFromFile
+from mmengine.fileio import list_from_file
+from mmpretrain.datasets import ImageNet
+from mmpretrain.registry import DATASETS
+
+from .checks import (check_image_complete, find_missing, guard_transforms, quote_some,
+                     relative_names)
+
+LIST_FORMAT = ('each line of an ImageNet list file is an image path relative to the '
+               'image folder, a space and its class index, e.g. '
+               '"n01440764/n01440764_10026.JPEG 0"')
+
+
+@DATASETS.register_module()
+class CheckedImageNet(ImageNet):
+    """``ImageNet`` that reports bad data with one clear error.
+
+    When the dataset is built (before training starts) it raises:
+
+    - ``ValueError`` naming the list file (``ann_file``, e.g. ``meta/train.txt``), the
+      line number and the line, for a line that is not an image path and an integer class
+      index (mmpretrain fails on it with an unpacking error that names no file);
+    - ``ValueError`` naming the list file, the number of lines and the first of them, for
+      class indices outside 0..N-1 (N: the classes of the metainfo, 1000 for ImageNet-1K);
+      mmpretrain would fail in mixup's one-hot encoding or in the loss, naming nothing;
+    - ``FileNotFoundError`` naming the first missing images, their number, the list file
+      and the folder, for listed images that do not exist (mmpretrain would fail when the
+      sample comes up, hours into training).
+
+    A JPEG image cut short (OpenCV decodes it with the missing part gray) raises
+    ``ValueError`` naming it when it is loaded (files on a local disk).
+
+    Args:
+        check_files (bool): Check that the images exist when the dataset is built. Defaults
+            to True; one ``exists`` call per image (seconds for ImageNet-1K on a local
+            disk), set False for slow remote storage.
+        **kwargs: Arguments of ``ImageNet`` (``data_root``, ``split``, ``ann_file``,
+            ``data_prefix``, ``pipeline``, ``test_mode``, ...).
+    """
+
+    def __init__(self, *args, check_files: bool = True, **kwargs):
+        self.check_files = check_files
+        super().__init__(*args, **kwargs)
+        guard_transforms(self.pipeline, LoadImageFromFile, check_image_complete)
+
+    def load_data_list(self) -> List[dict]:
+        """mmpretrain's listing, then the checks of the list file's lines, class indices
+        and images."""
+        if self.ann_file and self.with_label:
+            self._check_list_lines()
+        data_list = super().load_data_list()
+        if self.with_label:
+            self._check_labels(data_list)
+        if self.check_files:
+            self._check_images_exist(data_list)
+        return data_list
+
+    def _check_list_lines(self) -> None:
+        for number, line in enumerate(list_from_file(self.ann_file), 1):
+            parts = line.strip().rsplit(' ', 1)
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+                raise ValueError(f'list file {self.ann_file!r}, line {number}: {line!r} '
+                                 f'is not an image path and a class index: {LIST_FORMAT}')
+
+    def _check_labels(self, data_list: List[dict]) -> None:
+        classes = self.metainfo.get('classes')
+        if not classes:
+            return
+        num_classes = len(classes)
+        bad = [info for info in data_list if not 0 <= info['gt_label'] < num_classes]
+        if bad:
+            where = f'list file {self.ann_file!r}' if self.ann_file else 'the image folders'
+            raise ValueError(
+                f'{len(bad)} of the {len(data_list)} images of {where} have a class index '
+                f'outside 0..{num_classes - 1} (the {num_classes} classes of '
+                f'{type(self).__name__}): ' +
+                quote_some(f'{info["img_path"]} {info["gt_label"]}' for info in bad))
+
+    def _check_images_exist(self, data_list: List[dict]) -> None:
+        paths = [info['img_path'] for info in data_list]
+        missing = find_missing(paths, getattr(self, 'backend_args', None))
+        if missing:
+            where = f' listed in {self.ann_file!r}' if self.ann_file else ''
+            raise FileNotFoundError(
+                f'{len(missing)} of the {len(paths)} images{where} do not exist in '
+                f'{self.img_prefix!r}: {quote_some(relative_names(missing, self.img_prefix))}')
