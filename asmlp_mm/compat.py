@@ -8,6 +8,7 @@ says why it exists and when it can go.
 import os
 import pickle
 from contextlib import contextmanager
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -182,19 +183,78 @@ class AutocastOptimWrapper(OptimWrapper):
 
     Args:
         dtype (str): Autocast dtype. Defaults to 'bfloat16'.
+        modules (list[str], optional): Names of the submodules (e.g. ``['backbone',
+            'neck']``) that run under autocast, each returning its floating-point outputs
+            as float32; the rest of the model runs in float32. For models whose other
+            parts call operators without low-precision kernels on this device (mmcv's
+            CPU ``nms`` and ``RoIAlign`` take float32 only). Defaults to None: the whole
+            forward runs under autocast.
         **kwargs: Arguments of :class:`OptimWrapper`.
     """
 
-    def __init__(self, dtype: str = 'bfloat16', **kwargs):
+    def __init__(self, dtype: str = 'bfloat16', modules: Optional[Sequence[str]] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.cast_dtype = getattr(torch, dtype)
+        self.modules = None if modules is None else list(modules)
 
     @contextmanager
     def optim_context(self, model):
         device = next(model.parameters()).device.type
-        with super().optim_context(model), \
-                torch.autocast(device_type=device, dtype=self.cast_dtype):
-            yield
+        with super().optim_context(model):
+            if self.modules is None:
+                with torch.autocast(device_type=device, dtype=self.cast_dtype):
+                    yield
+            else:
+                with autocast_inside(model, self.modules, device, self.cast_dtype):
+                    yield
+
+
+def to_float32(value):
+    """``value`` with its floating-point tensors (also inside tuples, lists and dicts) in
+    float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, to_float32(v)) for k, v in value.items())
+    return value
+
+
+@contextmanager
+def autocast_inside(model: torch.nn.Module, names: Sequence[str], device: str,
+                    dtype: torch.dtype):
+    """Run the calls of ``model``'s submodules ``names`` (of the wrapped module, for a
+    DDP-wrapped model) under ``torch.autocast``, their outputs cast back to float32,
+    while this context is open."""
+    inner = getattr(model, 'module', model)
+    handles, open_contexts = [], []
+
+    def enter(module, args):
+        context = torch.autocast(device_type=device, dtype=dtype)
+        context.__enter__()
+        open_contexts.append(context)
+
+    def leave(module, args, output):
+        open_contexts.pop().__exit__(None, None, None)
+        return to_float32(output)
+
+    try:
+        for name in names:
+            try:
+                module = inner.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f'AutocastOptimWrapper: the model ({type(inner).__name__}) '
+                                 f'has no submodule {name!r} to run under autocast') from None
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        while open_contexts:  # a forward that failed before its forward hook could run
+            open_contexts.pop().__exit__(None, None, None)
 
 
 class GlooSyncBatchNorm(_BatchNorm):
@@ -268,17 +328,21 @@ def enable_amp(cfg):
 
     Without CUDA an ``AmpOptimWrapper`` config becomes an :class:`AutocastOptimWrapper`
     one, without the loss scaling arguments that only ``AmpOptimWrapper`` takes
-    (:data:`AMP_ONLY_ARGS`): bfloat16 needs no loss scaling."""
+    (:data:`AMP_ONLY_ARGS`): bfloat16 needs no loss scaling. For detectors (mmdet
+    configs) only the backbone and the neck run under autocast there: the heads call
+    mmcv's CPU ``nms`` and ``RoIAlign``, which take float32 only."""
     wrapper = cfg.optim_wrapper
     if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
                                                    'AutocastOptimWrapper'):
         raise ValueError(f'--amp supports OptimWrapper configs, got {wrapper["type"]}')
     if torch.cuda.is_available():
         wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
-    else:
-        for key in AMP_ONLY_ARGS:
-            wrapper.pop(key, None)
-        wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
+        return
+    for key in AMP_ONLY_ARGS:
+        wrapper.pop(key, None)
+    wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
+    if cfg.get('default_scope') == 'mmdet':  # mmcv's CPU nms and RoIAlign: float32 only
+        wrapper['modules'] = [name for name in ('backbone', 'neck') if cfg.model.get(name)]
 
 
 def adapt_to_device(cfg):

@@ -22,6 +22,47 @@ def test_autocast_optim_wrapper_trains_in_bfloat16_on_cpu():
     assert not torch.equal(before, model.weight)
 
 
+def test_autocast_of_named_submodules_only():
+    """modules=[...]: those submodules run under autocast and return float32; the rest of
+    the model, and everything after the context, runs in float32."""
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()),
+                                torch.nn.Linear(4, 2))
+    seen = {}
+    for name, module in model.named_modules():
+        module.register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+    model[1].register_forward_pre_hook(lambda m, args: seen.__setitem__('1 in', args[0].dtype))
+    wrapper = AutocastOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                   modules=['0'])
+    before = [p.detach().clone() for p in model.parameters()]
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    # (this test's hook on '0' sees its output before it is cast to float32)
+    assert seen == {'0.0': torch.bfloat16, '0.1': torch.bfloat16, '0': torch.bfloat16,
+                    '1 in': torch.float32, '1': torch.float32, '': torch.float32}
+    wrapper.update_params(out.square().mean())
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    model(torch.randn(3, 4))  # the hooks are gone
+    assert seen['0.0'] == torch.float32
+
+
+def test_autocast_of_submodules_ends_when_their_forward_fails():
+    class Failing(torch.nn.Linear):
+        def forward(self, x):
+            raise RuntimeError('bad input')
+
+    model = torch.nn.Sequential(Failing(4, 4))
+    wrapper = AutocastOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                   modules=['0'])
+    with pytest.raises(RuntimeError, match='bad input'), wrapper.optim_context(model):
+        model(torch.randn(3, 4))
+    assert not torch.is_autocast_enabled('cpu')
+    with pytest.raises(ValueError, match="no submodule 'neck'"):
+        with AutocastOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                  modules=['neck']).optim_context(model):
+            pass
+
+
 def test_enable_amp_picks_the_cpu_wrapper():
     cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD'))))
     enable_amp(cfg)

@@ -260,6 +260,40 @@ def test_demo_train_step_with_frozen_stages_and_norm_eval():
     assert head_stats and set(head_stats) <= changed  # the heads' (Sync)BN do train
 
 
+def test_demo_train_step_with_amp_on_cpu(monkeypatch):
+    """--amp on CPU: the backbone and the neck run in bfloat16, the heads (mmcv's CPU nms
+    and RoIAlign take float32 only) in float32."""
+    from mmengine.optim import build_optim_wrapper
+    from asmlp_mm.compat import enable_amp
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config.fromfile(DEMO)
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.modules == ['backbone', 'neck']
+    set_random_seed(0)
+    model = build_model_from_config(cfg)
+    model.init_weights()
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    seen = {}
+    for name, module in (('backbone', model.backbone.stages[1].blocks[0].mlp.fc1),
+                         ('neck', model.neck.fpn_convs[0].conv),
+                         ('rpn_head', model.rpn_head.rpn_conv)):
+        module.register_forward_hook(
+            lambda m, args, out, name=name: seen.setdefault(name, out.dtype) and None)
+    before = model.backbone.stages[1].blocks[0].mlp.fc1.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    batch = [packed_sample(rng) for _ in range(2)]
+    model.train()
+    losses = model.train_step(
+        dict(inputs=[b['inputs'] for b in batch], data_samples=[b['data_samples'] for b in batch]),
+        optim_wrapper)
+    assert seen == {'backbone': torch.bfloat16, 'neck': torch.bfloat16,
+                    'rpn_head': torch.float32}
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    weight = model.backbone.stages[1].blocks[0].mlp.fc1.weight
+    assert weight.dtype == torch.float32 and not torch.equal(weight, before)
+
+
 # ---------------------------------------------------------------------------------------
 # FLOPs
 # ---------------------------------------------------------------------------------------
