@@ -407,3 +407,89 @@ def test_double_backward_in_training_names_no_fusion():
     ref_second = torch.autograd.grad(ref.square().sum(), params)
     for got, want in zip(second, ref_second):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def save_backbone(path, arch, prefix='backbone.', extra=(), out_indices=ALL_STAGES):
+    """A checkpoint holding an ASMLP of ``arch`` under ``prefix`` (and the ``extra`` keys,
+    e.g. a detector's neck); the model saved."""
+    model = randomize(ASMLP(arch, out_indices=out_indices))
+    state = {prefix + key: value for key, value in model.state_dict().items()}
+    state.update({key: torch.zeros(1) for key in extra})
+    torch.save({'state_dict': state, 'meta': {}}, path)
+    return model
+
+
+def pretrained(path, **kwargs):
+    return dict(type='Pretrained', checkpoint=str(path), **kwargs)
+
+
+def test_pretrained_in_an_init_cfg_list_is_checked_and_loaded_last(tmp_path):
+    """A list holding a 'Pretrained' entry is checked as the dict form is (mmengine would
+    load nothing of another arch, silently); its other entries initialize first."""
+    save_backbone(tmp_path / 'wide.pth', dict(TINY, embed_dims=16))
+    model = ASMLP(TINY, init_cfg=[pretrained(tmp_path / 'wide.pth', prefix='backbone.')])
+    with pytest.raises(ValueError, match=r'(?s)does not fit ASMLP\(embed_dims=8.*shape of'):
+        model.init_weights()
+    saved = save_backbone(tmp_path / 'cls.pth', TINY, out_indices=(3, ))  # no norm0-2
+    constant = dict(type='Constant', layer=['Conv2d', 'GroupNorm'], val=3., bias=0.)
+    model = ASMLP(TINY, out_indices=ALL_STAGES, init_cfg=[
+        constant, pretrained(tmp_path / 'cls.pth', prefix='backbone.')])
+    model.init_weights()
+    for key, value in saved.state_dict().items():  # the checkpoint over the constant
+        torch.testing.assert_close(model.state_dict()[key], value)
+    assert torch.all(model.norm0.weight == 3)  # what the checkpoint lacks: the constant
+    assert model.is_init
+    with pytest.raises(ValueError, match='one Pretrained entry.*got 2'):
+        ASMLP(TINY, init_cfg=[pretrained(tmp_path / 'cls.pth')] * 2).init_weights()
+
+
+def test_pretrained_without_the_prefix_of_a_detector_checkpoint_names_it(tmp_path):
+    """Without prefix='backbone.', every key is missing and unexpected: the error says
+    which prefix to set (the listed problems, cut off, did not)."""
+    save_backbone(tmp_path / 'det.pth', TINY, extra=['neck.conv.weight'])
+    model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'det.pth'))
+    with pytest.raises(ValueError, match=r"(?s)problem\(s\)\n  none of its keys .*start "
+                                         r"with 'backbone.'.*: set prefix='backbone.' in "
+                                         r'init_cfg\n  missing in the checkpoint'):
+        model.init_weights()
+
+
+def test_pretrained_drops_the_module_prefix_of_a_ddp_checkpoint(tmp_path):
+    """As the runner's load_from does (a checkpoint saved from a DDP-wrapped model)."""
+    saved = save_backbone(tmp_path / 'ddp.pth', TINY, prefix='module.backbone.')
+    for prefix in ('backbone.', 'backbone'):  # mmengine adds the dot
+        model = ASMLP(TINY, out_indices=ALL_STAGES,
+                      init_cfg=pretrained(tmp_path / 'ddp.pth', prefix=prefix))
+        model.init_weights()
+        for key, value in saved.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize('shape,match', [
+    ((3, 32, 32), r'N x C x H x W batch, got a 3-dim tensor of shape \(3, 32, 32\); add '
+                  r'the batch dimension with x\[None\]'),
+    ((1, 3, 32), r'got a 3-dim tensor of shape \(1, 3, 32\)$'),
+    ((1, 1, 3, 32, 32), r'got a 5-dim tensor of shape \(1, 1, 3, 32, 32\)$'),
+])
+def test_input_that_is_not_a_batch_of_images(shape, match):
+    with pytest.raises(ValueError, match=match):
+        ASMLP(TINY)(torch.randn(shape))
+    with pytest.raises(RuntimeError, match='expected input.* to have 3 channels, but got 4'):
+        ASMLP(TINY)(torch.randn(1, 4, 32, 32))  # torch's own error is clear
+
+
+@pytest.mark.parametrize('norm_type,match', [
+    ('LN', r"LayerNorm, which normalizes the last dimension: W .*type='GN', num_groups=1"),
+    ('BN1d', r"BatchNorm1d, .*use type='BN'"),
+    ('IN3d', r"InstanceNorm3d, .*use type='IN'"),  # would run, treating maps as volumes
+])
+def test_norm_layers_of_other_inputs_are_refused(norm_type, match):
+    with pytest.raises(ValueError, match=match):
+        ASMLP(TINY, norm_cfg=dict(type=norm_type))
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='GN', num_groups=2), dict(type='BN'),
+                                      dict(type='SyncBN'), dict(type='IN')])
+def test_norm_layers_of_feature_maps_run(norm_cfg):
+    model = ASMLP(TINY, norm_cfg=norm_cfg)
+    model(torch.randn(2, 3, 64, 64))[0].sum().backward()

@@ -181,3 +181,21 @@ def test_keep_freed_memory(setting, kept):
         assert float(returned_mb) < 8, returned_mb
     else:
         assert float(returned_mb) > 56, returned_mb
+
+
+def test_check_fits_names_the_prefix_that_holds_the_model():
+    """Where no key of the checkpoint is one of the model's but the model's are in it under
+    a prefix, the error says so before the listed problems (a limit cuts them off)."""
+    from asmlp_mm.engine.checkpoint import CheckpointMismatchError, check_fits
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    state = {f'teacher.{key}': value for key, value in model.state_dict().items()}
+    state['neck.weight'] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)problem\(s\)\n  none of its "
+                       r"keys .* start with 'teacher.' followed by the model's\n  missing"):
+        check_fits(model, state, 'x.pth', 'the model')
+    with pytest.raises(CheckpointMismatchError, match=r": set prefix='teacher.' in cfg\n"):
+        check_fits(model, state, 'x.pth', 'the model', prefix_option='cfg')
+    state['0.bias'] = model[0].bias  # a key in common: no such prefix
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_fits(model, state, 'x.pth', 'the model')
+    assert 'none of its keys' not in str(err.value)

@@ -13,6 +13,7 @@ import os
 import os.path as osp
 import re
 import tempfile
+from collections import Counter
 from typing import List, Optional
 
 from mmengine.fileio import LocalBackend, register_backend
@@ -117,11 +118,46 @@ def state_dict_mismatches(model_state: dict, loaded: dict, optional=()) -> List[
     return problems
 
 
-def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8) -> str:
+def prefix_in_checkpoint(model_state: dict, loaded: dict) -> Optional[str]:
+    """The prefix under which ``loaded`` holds the model's keys when it holds none of them
+    as they are, else None.
+
+    A detector's checkpoint holds its backbone's weights under 'backbone.': loaded into the
+    backbone without ``prefix='backbone.'``, every key is both missing and unexpected, and
+    the listed problems do not say why. The prefix must hold at least half of the model's
+    keys (a checkpoint of another arch still holds most of them).
+    """
+    if not model_state or any(key in model_state for key in loaded):
+        return None
+    counts = Counter(key[:i + 1] for key in loaded for i, char in enumerate(key)
+                     if char == '.' and key[i + 1:] in model_state)
+    if not counts:
+        return None
+    prefix, count = counts.most_common(1)[0]
+    return prefix if 2 * count >= len(model_state) else None
+
+
+def prefix_hint(model_state: dict, loaded: dict, prefix_option: str = '') -> str:
+    """A sentence naming the prefix under which ``loaded`` holds the model's keys (see
+    :func:`prefix_in_checkpoint`), telling to set it in ``prefix_option`` (e.g.
+    'init_cfg') when the caller has one; '' where there is no such prefix."""
+    prefix = prefix_in_checkpoint(model_state, loaded)
+    if prefix is None:
+        return ''
+    hint = (f"none of its keys is one of the model's, but its keys start with {prefix!r} "
+            f"followed by the model's")
+    return hint + (f': set prefix={prefix!r} in {prefix_option}' if prefix_option else '')
+
+
+def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8,
+                        hint: str = '') -> str:
+    """The error message for ``problems``: at most ``limit`` of them, after the ``hint``
+    (e.g. :func:`prefix_hint`), which the limit must not cut off."""
     shown = '\n  '.join(problems[:limit])
     more = f'\n  ... and {len(problems) - limit} more' if len(problems) > limit else ''
-    return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)\n'
-            f'  {shown}{more}')
+    hint = f'\n  {hint}' if hint else ''
+    return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)'
+            f'{hint}\n  {shown}{more}')
 
 
 class CheckpointMismatchError(ValueError):
@@ -142,11 +178,17 @@ def checkpoint_state_dict(checkpoint, source: str, prefix: str = '') -> dict:
     return state
 
 
-def check_fits(module, state: dict, source: str, what: str) -> None:
-    """Raise :class:`CheckpointMismatchError` unless ``state`` fits ``module`` exactly."""
-    problems = state_dict_mismatches(module.state_dict(), state)
+def check_fits(module, state: dict, source: str, what: str, optional=(),
+               prefix_option: str = '') -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` fits ``module`` exactly
+    (keys matching the ``optional`` glob patterns may be absent on either side). Where
+    ``state`` holds the module's keys under a prefix, the error names it (and
+    ``prefix_option``, where the caller lets one set it)."""
+    model_state = module.state_dict()
+    problems = state_dict_mismatches(model_state, state, optional)
     if problems:
-        raise CheckpointMismatchError(describe_mismatches(source, problems, what))
+        raise CheckpointMismatchError(describe_mismatches(
+            source, problems, what, hint=prefix_hint(model_state, state, prefix_option)))
 
 
 def load_fitting_weights(module, path: str, what: str, prefix: str = '') -> None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule, ModuleList
+from mmengine.model import BaseModule, ModuleList, PretrainedInit, initialize
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compat import guard_group_norms
@@ -60,6 +60,33 @@ def check_positive_int(value, name: str) -> None:
                         f'({type(value).__name__})')
     if value < 1:
         raise ValueError(f'{name} must be a positive integer, got {value}')
+
+
+#: Norm layers that take inputs of another rank than N x C x H x W, and what to use instead
+#: (InstanceNorm3d even runs, wrongly: it takes each 4-dim map for one unbatched volume).
+OTHER_RANK_NORMS = {nn.BatchNorm1d: 'BN', nn.BatchNorm3d: 'BN', nn.InstanceNorm1d: 'IN',
+                    nn.InstanceNorm3d: 'IN'}
+
+
+def check_norm_layer(norm: nn.Module, norm_cfg: dict) -> None:
+    """Raise ``ValueError`` unless ``norm`` (built from ``norm_cfg``) takes the N x C x H x W
+    feature maps of AS-MLP.
+
+    A plain ``nn.LayerNorm`` normalizes the last dimension, which is W here: it fails deep
+    inside torch, or normalizes the wrong dimension where W equals the channel count.
+    """
+    released = ("norm_cfg=dict(type='GN', num_groups=1), the released AS-MLP's, which "
+                'normalizes each image over C, H and W')
+    if isinstance(norm, nn.LayerNorm) and type(norm).forward is nn.LayerNorm.forward:
+        raise ValueError(f'norm_cfg={norm_cfg} builds nn.LayerNorm, which normalizes the '
+                         f'last dimension: W of the N x C x H x W feature maps of AS-MLP. '
+                         f"Use {released} (or mmpretrain's 'LN2d' for a LayerNorm over "
+                         f'the channels of each pixel)')
+    for cls, instead in OTHER_RANK_NORMS.items():
+        if isinstance(norm, cls):
+            raise ValueError(f'norm_cfg={norm_cfg} builds nn.{cls.__name__}, which takes no '
+                             f"N x C x H x W feature maps: use type='{instead}' or "
+                             f'{released}')
 
 
 def conv1x1(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
@@ -360,6 +387,7 @@ class ASMLP(BaseModule):
         self.embed_dims = embed_dims
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size, norm_cfg)
+        check_norm_layer(self.patch_embed.norm, norm_cfg)
         self.drop_after_embed = nn.Dropout(drop_rate)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -462,31 +490,58 @@ class ASMLP(BaseModule):
 
         Unlike mmengine's non-strict loading, a checkpoint that does not fit this arch
         (other widths or depths, missing blocks) raises a ``ValueError`` naming the
-        mismatched keys. Only the output norms (``norm{i}``) may be absent, since a
-        classifier checkpoint has just the final one.
+        mismatched keys, and the prefix to set where the checkpoint holds this backbone's
+        keys under one (a detector's, under 'backbone.'). Only the output norms
+        (``norm{i}``) may be absent, since a classifier checkpoint has just the final one.
+        A leading 'module.' (a checkpoint saved from a DDP-wrapped model) is dropped, as
+        the runner's ``load_from`` does.
+
+        ``init_cfg`` may also be a list holding one 'Pretrained' entry: as in mmengine, the
+        other entries initialize the model first and the checkpoint is loaded over them (so
+        they set what it lacks, e.g. the output norms). Two 'Pretrained' entries are
+        refused: which checkpoint would win is not clear.
         """
-        cfg = self.init_cfg
-        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+        pretrained, others = self._split_init_cfg()
+        if pretrained is None:
             return super().init_weights()
-        from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_with_prefix
-        from ..engine import describe_mismatches, state_dict_mismatches
-        checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix')
-        if prefix is None:
-            state = _load_checkpoint(checkpoint, map_location='cpu')
-            state = state.get('state_dict', state)
-        else:
-            try:
-                state = _load_checkpoint_with_prefix(prefix, checkpoint, map_location='cpu')
-            except AssertionError:
-                raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '
-                                 f'{prefix!r}') from None
-        problems = state_dict_mismatches(self.state_dict(), state, optional=['norm[0-3].*'])
-        if problems:
-            raise ValueError(describe_mismatches(
-                checkpoint, problems, f'ASMLP(embed_dims={self.embed_dims}, '
-                f'depths={self.arch_settings["depths"]})'))
-        self.load_state_dict(state, strict=False)
+        if others:
+            initialize(self, others)
+        self._load_pretrained(pretrained)
         self._is_init = True
+
+    def _split_init_cfg(self):
+        """The 'Pretrained' entry of ``init_cfg`` (None if it has none) and the others."""
+        cfgs = self.init_cfg
+        if cfgs is None:
+            cfgs = []
+        elif isinstance(cfgs, dict):
+            cfgs = [cfgs]
+        pretrained = [cfg for cfg in cfgs
+                      if isinstance(cfg, dict) and cfg.get('type') in ('Pretrained',
+                                                                       PretrainedInit)]
+        if len(pretrained) > 1:
+            raise ValueError(f'init_cfg may hold one Pretrained entry (ASMLP loads one '
+                             f'checkpoint), got {len(pretrained)}: {pretrained}')
+        others = [cfg for cfg in cfgs if not any(cfg is p for p in pretrained)]
+        return (pretrained[0] if pretrained else None), others
+
+    def _load_pretrained(self, cfg: dict) -> None:
+        """Load the checkpoint of a 'Pretrained' init config, if it fits (see
+        :meth:`init_weights`)."""
+        from mmengine.runner.checkpoint import _load_checkpoint
+        from ..engine.checkpoint import check_fits, checkpoint_state_dict
+        checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix') or ''
+        if prefix and not prefix.endswith('.'):
+            prefix += '.'  # as mmengine's loader
+        state = checkpoint_state_dict(_load_checkpoint(checkpoint, map_location='cpu'),
+                                      checkpoint, prefix)
+        if prefix and not state:
+            raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '
+                             f'{prefix!r}')
+        check_fits(self, state, checkpoint, f'ASMLP(embed_dims={self.embed_dims}, '
+                   f'depths={self.arch_settings["depths"]})', optional=['norm[0-3].*'],
+                   prefix_option='init_cfg')
+        self.load_state_dict(state, strict=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -496,6 +551,14 @@ class ASMLP(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    def _not_a_batch(self, x: torch.Tensor) -> str:
+        """The error message for an input that is not 4-dim (a wrong channel count already
+        gets torch's clear one from the patch embedding)."""
+        one_image = x.dim() == 3 and x.shape[0] == self.patch_embed.proj.in_channels
+        fix = '; add the batch dimension with x[None]' if one_image else ''
+        return (f'ASMLP expects an N x C x H x W batch, got a {x.dim()}-dim tensor of shape '
+                f'{tuple(x.shape)}{fix}')
 
     def _hooks_inside(self, fn) -> bool:
         """Whether forward hooks watch a module that ``fn`` runs: they would each see the
@@ -523,6 +586,8 @@ class ASMLP(BaseModule):
             return torch.cat([fn(part) for part in parts])
 
     def forward(self, x):
+        if x.dim() != 4:  # not the "rank 4" error of the channels-last copy below
+            raise ValueError(self._not_a_batch(x))
         # channels-last inside (see the module docstring); outputs in the input's format
         keep_channels_last = is_channels_last(x) and not x.is_contiguous()
         if x.device.type == 'cpu' or keep_channels_last:
