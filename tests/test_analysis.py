@@ -215,6 +215,22 @@ def test_analysis_tools_refuse_a_checkpoint_of_another_model(tmp_path):
     assert not (tmp_path / 'erf.png').exists()
 
 
+def test_receptive_field_takes_a_classifier_checkpoint(tmp_path, capsys):
+    """A classifier has the output norm of its last stage only; the tool's backbone
+    outputs every stage: the other stages' norms keep their initial values."""
+    config = tiny_cls_config(tmp_path, 8, 'tiny.py')
+    classifier = build_model_from_config(config)
+    classifier.init_weights()
+    assert not any(k.startswith('backbone.norm0.') for k in classifier.state_dict())
+    torch.save({'state_dict': classifier.state_dict()}, str(tmp_path / 'cls.pth'))
+    backbone = erf_tool.load_backbone(config, str(tmp_path / 'cls.pth'))
+    for key, value in backbone.state_dict().items():
+        if not key.startswith(('norm0.', 'norm1.', 'norm2.')):
+            assert torch.equal(value, classifier.state_dict()['backbone.' + key]), key
+    assert 'the checkpoint has no norm0.bias, norm0.weight, norm1.bias' in (
+        capsys.readouterr().err)
+
+
 def test_receptive_field_bad_model_name():
     with pytest.raises(ValueError, match='neither a config file'):
         erf_tool.load_backbone('no-such-model_in1k')

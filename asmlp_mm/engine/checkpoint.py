@@ -191,14 +191,18 @@ def check_fits(module, state: dict, source: str, what: str, optional=(),
             source, problems, what, hint=prefix_hint(model_state, state, prefix_option)))
 
 
-def load_fitting_weights(module, path: str, what: str, prefix: str = '') -> None:
+def load_fitting_weights(module, path: str, what: str, prefix: str = '',
+                         optional=()) -> List[str]:
     """Load the weights of the checkpoint ``path`` (under ``prefix``) into ``module``,
-    or raise :class:`CheckpointMismatchError` listing what does not fit."""
+    or raise :class:`CheckpointMismatchError` listing what does not fit. Keys matching the
+    ``optional`` glob patterns may be absent on either side; returns the module's keys
+    that the checkpoint did not have (they keep their values)."""
     from ..compat import load_local_checkpoint
     state = checkpoint_state_dict(load_local_checkpoint(path, map_location='cpu'), path,
                                   prefix)
-    check_fits(module, state, path, what)
-    module.load_state_dict(state)
+    check_fits(module, state, path, what, optional=optional)
+    missing, _ = module.load_state_dict(state, strict=False)
+    return list(missing)
 
 
 class CheckpointFitsHook(Hook):

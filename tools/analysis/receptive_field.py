@@ -44,6 +44,9 @@ DEFAULT_ASMLP = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 # options that make a backbone return every stage as an NCHW map, where it takes them
 FEATURE_MAP_OPTIONS = dict(out_indices=(0, 1, 2, 3), gap_before_final_norm=False,
                            out_type='featmap')
+# the output norms of stages, which those options add to a classifier's backbone
+# (ASMLP's, ConvNeXt's and Swin's norm0..norm3)
+OUTPUT_NORMS = 'norm[0-9].*'
 
 
 def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
@@ -91,8 +94,14 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None,
     backbone = model.backbone
     if checkpoint:  # the backbone's weights must all be there, with their shapes
         from asmlp_mm.engine import load_fitting_weights
-        load_fitting_weights(backbone, checkpoint, f'the backbone of {spec}',
-                             prefix='backbone.')
+        # but for the output norms of the stages that the overrides add: a classifier
+        # checkpoint has only the last stage's
+        kept = load_fitting_weights(backbone, checkpoint, f'the backbone of {spec}',
+                                    prefix='backbone.', optional=[OUTPUT_NORMS])
+        if kept:
+            print(f'{spec}: the checkpoint has no {", ".join(sorted(kept))} (output norms '
+                  f'of the stages a classifier does not output); they keep their initial '
+                  f'values', file=sys.stderr)
     for param in backbone.parameters():
         param.requires_grad_(False)
     backbone.eval()  # some backbones' train() returns None
