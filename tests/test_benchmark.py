@@ -87,6 +87,27 @@ def test_training_a_pooled_batch_norm_on_one_image_names_the_batch():
                         '--warmup', '0', '--repeats', '1'])
 
 
+def test_amp_on_cpu_runs_a_detector_with_its_backbone_and_neck_in_bfloat16(capsys):
+    """As tools/train.py --amp: mmcv's CPU nms and RoIAlign take float32 only."""
+    import torch
+    pytest.importorskip('mmdet')  # installed by make install; not with mmcv-lite
+    det_demo = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
+    model = benchmark.build_from_config(det_demo, 'model', 1, (64, 64))
+    assert model.cpu_autocast_only == ['model.backbone', 'model.neck']
+    seen = {}
+    for name, module in (('backbone', model.model.backbone.patch_embed.proj),
+                         ('rpn_head', model.model.rpn_head.rpn_conv)):
+        module.register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+    runner = benchmark.Runner(model, torch.rand(1, 3, 64, 64) * 255, amp=True,
+                              cpu_autocast_only=(model, model.cpu_autocast_only))
+    runner.train_step()
+    assert seen == {'backbone': torch.bfloat16, 'rpn_head': torch.float32}
+    result = benchmark.main([det_demo, '--amp', '--batch', '1', '--shape', '64',
+                             '--warmup', '0', '--repeats', '1'])
+    assert result['amp'] and result['infer']['img_s'] > 0 and result['train']['img_s'] > 0
+
+
 def test_compare_models_hold_the_same_weights(capsys):
     """The published-way model of --compare computes our logits (same weights), and the
     shift section covers both stages and axes."""

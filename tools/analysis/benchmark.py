@@ -173,14 +173,19 @@ class Runner:
         inputs (Tensor): The input batch.
         amp (bool): Run under autocast (bf16 on CPU, fp16 with a grad scaler on CUDA).
         num_classes (int): Range of the random labels of the training loss.
+        cpu_autocast_only (tuple, optional): ``(module, names)``: with ``amp`` on CPU,
+            autocast only those submodules of ``module`` (see
+            :func:`asmlp_mm.compat.autocast_inside`), as ``tools/train.py --amp`` does
+            for detectors (mmcv's CPU ``nms`` and ``RoIAlign`` take float32 only).
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, amp: bool = False,
-                 num_classes: int = 1000):
+                 num_classes: int = 1000, cpu_autocast_only: Optional[tuple] = None):
         self.model = model
         self.inputs = inputs
         self.amp = amp
         self.device = inputs.device
+        self.cpu_autocast_only = cpu_autocast_only
         generator = torch.Generator().manual_seed(0)
         self.labels = torch.randint(0, num_classes, (inputs.shape[0], ),
                                     generator=generator).to(self.device)
@@ -189,9 +194,16 @@ class Runner:
         use_scaler = amp and self.device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
 
+    def autocast(self):
+        if self.amp and self.device.type == 'cpu' and self.cpu_autocast_only:
+            from asmlp_mm.compat import autocast_inside
+            root, names = self.cpu_autocast_only
+            return autocast_inside(root, names, 'cpu', torch.bfloat16)
+        return autocast(self.device, self.amp)
+
     def infer(self):
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.amp):
+        with torch.no_grad(), self.autocast():
             return self.model(self.inputs)
 
     def train_step(self):
@@ -199,7 +211,7 @@ class Runner:
         if self.optimizer is None:
             raise ValueError('the model has no trainable parameters')
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
+        with self.autocast():
             loss = loss_of(self.model(self.inputs), self.labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -244,6 +256,8 @@ class TensorForward(nn.Module):
         model (nn.Module): A classifier, detector or segmentor (``BaseModel``).
         data_samples (list, optional): Data samples (image metas) the forward needs.
     """
+    #: names of the submodules that bf16 autocast on CPU is limited to (None: all)
+    cpu_autocast_only: Optional[List[str]] = None
 
     def __init__(self, model: nn.Module, data_samples: Optional[list] = None):
         super().__init__()
@@ -287,9 +301,13 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
         return model.backbone
     if getattr(model, 'auxiliary_head', None) is not None:
         model.auxiliary_head = None  # only trains; not part of a forward
-    samples = data_samples_for(cfg.get('default_scope', 'mmpretrain'), batch, shape[0],
-                               shape[-1])
-    return TensorForward(model, samples)
+    scope = cfg.get('default_scope', 'mmpretrain')
+    samples = data_samples_for(scope, batch, shape[0], shape[-1])
+    wrapped = TensorForward(model, samples)
+    if scope == 'mmdet':  # bf16 autocast on CPU: as tools/train.py --amp (enable_amp)
+        wrapped.cpu_autocast_only = [f'model.{name}' for name in ('backbone', 'neck')
+                                     if getattr(model, name, None) is not None]
+    return wrapped
 
 
 def build_ours(drop_path_rate: float = 0.) -> nn.Module:
@@ -527,9 +545,11 @@ def run_config(args) -> dict:
     device = torch.device(args.device)
     shape = args.shape
     model = build_from_config(args.config, args.part, args.batch, shape, args.cfg_options)
+    only = getattr(model, 'cpu_autocast_only', None)
+    only = (model, only) if only else None  # the module itself: compiling wraps it
     model = prepare(model, device, args.channels_last, args.compile)
     x = make_inputs(args.batch, shape, device, args.channels_last)
-    runner = Runner(model, x, args.amp)
+    runner = Runner(model, x, args.amp, cpu_autocast_only=only)
     result = dict(machine=machine_info(device), config=args.config, part=args.part,
                   batch=args.batch, shape=[shape[0], shape[-1]], amp=args.amp,
                   channels_last=args.channels_last, compile=args.compile)
