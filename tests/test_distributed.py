@@ -175,9 +175,11 @@ def test_two_process_test_equals_one_process(tmp_path, config, make_options):
     checkpoint = str(tmp_path / 'init.pth')
     save_initial_weights(config, checkpoint)
     work = tmp_path / 'work'
-    launch('dist_test.sh', config, checkpoint, '2', '--work-dir', str(work),
-           '--dump-metrics', str(tmp_path / 'two.json'), '--out', str(tmp_path / 'two.pkl'),
-           *options, cwd=tmp_path)
+    out = launch('dist_test.sh', config, checkpoint, '2', '--work-dir', str(work),
+                 '--dump-metrics', str(tmp_path / 'two.json'), '--out',
+                 str(tmp_path / 'two.pkl'), '--show-dir', 'drawn', *options, cwd=tmp_path)
+    # mmengine's visualizers draw on process 0 only: said, not silently half done
+    assert '--show-dir with 2 processes: the visualizers draw on process 0 only' in out
     run_tool(osp.join(ROOT, 'tools', 'test.py'), config, checkpoint, '--work-dir', work,
              '--dump-metrics', tmp_path / 'one.json', '--out', tmp_path / 'one.pkl',
              *options, cwd=tmp_path, threads=1)

@@ -43,6 +43,26 @@ def enable_drawing(cfg, show_dir):
         hook.update(draw=True, test_out_dir=show_dir, interval=1)
 
 
+def without_training(cfg):
+    """A test runner has no training parts: mmseg's visualization hook reads
+    ``runner.iter``, which otherwise builds the training loop and its dataset (which then
+    must be on disk) while testing."""
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
+        cfg[key] = None
+
+
+def warn_drawing_on_one_process(runner):
+    """The visualizers of mmdet, mmseg and mmpretrain draw on the main process only
+    (``master_only``): with N processes, only its 1/N of the images are drawn."""
+    from mmengine.dist import get_world_size
+    world_size = get_world_size()
+    if world_size > 1:
+        runner.logger.warning(
+            f'--show-dir with {world_size} processes: the visualizers draw on process 0 '
+            f'only, so only its share of the images (about 1/{world_size}) is drawn; run '
+            f'tools/test.py in one process to draw every image')
+
+
 def enable_tta(cfg):
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
         raise SystemExit('--tta: the config defines no tta_model/tta_pipeline')
@@ -56,6 +76,7 @@ def main():
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
+    without_training(cfg)
     if args.dump_metrics:  # its folder, now rather than after the evaluation
         os.makedirs(osp.dirname(osp.abspath(args.dump_metrics)), exist_ok=True)
     if args.show_dir:
@@ -63,6 +84,8 @@ def main():
     if args.tta:
         enable_tta(cfg)
     runner = Runner.from_cfg(cfg)
+    if args.show_dir:
+        warn_drawing_on_one_process(runner)
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
