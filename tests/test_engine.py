@@ -65,6 +65,22 @@ def test_find_resumable_checkpoint_skips_broken_files(tmp_path):
     assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
 
 
+def test_find_resumable_checkpoint_stays_in_a_copied_work_dir(tmp_path):
+    """last_checkpoint names the file where it was saved: in a copy of the work dir, the
+    original folder's."""
+    import shutil
+    original = tmp_path / 'original'
+    original.mkdir()
+    for epoch in (1, 2):
+        torch.save({'state_dict': {}, 'meta': {'epoch': epoch}}, original / f'epoch_{epoch}.pth')
+    (original / 'last_checkpoint').write_text(str(original / 'epoch_1.pth'))
+    copy = tmp_path / 'copy'
+    shutil.copytree(original, copy)
+    assert find_resumable_checkpoint(str(copy)) == str(copy / 'epoch_1.pth')
+    (copy / 'epoch_1.pth').unlink()
+    assert find_resumable_checkpoint(str(copy)) == str(copy / 'epoch_2.pth')
+
+
 def test_non_checkpoint_file_gives_clear_error(tmp_path):
     bad = tmp_path / 'notes.pth'
     bad.write_text('not a checkpoint')

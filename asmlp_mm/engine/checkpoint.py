@@ -75,6 +75,9 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
 
     Tries the file named by ``last_checkpoint`` first, then ``*.pth`` files from the
     highest epoch/iteration down, skipping unreadable ones (e.g. cut off by a crash).
+    Only files in ``work_dir`` count: ``last_checkpoint`` holds the path the checkpoint was
+    saved under, which in a copied or moved work dir is the original folder's; its file
+    of the same name in ``work_dir`` is taken instead.
     """
     from ..compat import CheckpointError, load_local_checkpoint
     candidates = []
@@ -83,7 +86,7 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         with open(pointer) as f:
             named = f.read().strip()
         if named:
-            candidates.append(named)
+            candidates.append(osp.join(work_dir, osp.basename(named)))
     candidates += sorted(glob.glob(osp.join(work_dir, '*.pth')), key=_checkpoint_order,
                          reverse=True)
     for path in candidates:
