@@ -5,8 +5,15 @@
 For each task (default: det and seg) it writes the synthetic shapes dataset, trains the
 demo config through tools/train.py, evaluates before and after training through
 tools/test.py (COCO box/mask AP; single-scale and multi-scale+flip mIoU; top-1), saves the
-drawn predictions in the work dir and prints one table at the end. Runs on 2 CPU cores in
-a few minutes.
+drawn predictions in the work dir and prints one table at the end, every metric in %
+(mmdet's COCO metrics, fractions, are multiplied by 100; mmseg's and mmpretrain's already
+are percentages).
+
+The train and test runs are single-threaded (OMP_NUM_THREADS=1) unless OMP_NUM_THREADS is
+set: the tiny models gain nothing from more threads, a second thread on a busy 2-core
+machine makes every step many times slower, and the CPU kernels' results (so the AP/mIoU
+after training) depend on the thread count. With it the whole demo takes a few minutes on
+2 CPU cores and gives the same numbers every run. Set OMP_NUM_THREADS to choose otherwise.
 """
 import argparse
 import json
@@ -31,10 +38,18 @@ TASKS = {
             ['accuracy/top1'], {}),
 }
 
+#: factor that turns each task's metrics into % (mmdet's COCO AP is a fraction)
+TO_PERCENT = {'det': 100.0, 'seg': 1.0, 'cls': 1.0}
+
+#: threads of the train and test subprocesses when the environment sets no OMP_NUM_THREADS
+DEFAULT_THREADS = '1'
+
 
 def run(*args):
-    print('+', ' '.join(args), flush=True)
-    subprocess.run([PY, *args], cwd=ROOT, check=True)
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', DEFAULT_THREADS)
+    print(f'+ OMP_NUM_THREADS={env["OMP_NUM_THREADS"]}', *args, flush=True)
+    subprocess.run([PY, *args], cwd=ROOT, check=True, env=env)
 
 
 def evaluate(config, checkpoint, work_dir, name, extra=()):
@@ -64,6 +79,9 @@ def run_task(task, work_root):
     from asmlp_mm.analysis import save_initial_weights
     save_initial_weights(osp.join(ROOT, config), init)
     results['before training'] = evaluate(config, init, work_dir, 'init')
+    scale = TO_PERCENT[task]
+    results = {name: {k: v * scale if k in keys else v for k, v in row.items()}
+               for name, row in results.items()}
     return keys, results, work_dir
 
 
@@ -72,8 +90,10 @@ DEFAULT_TASKS = ['det', 'seg']
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='environment: OMP_NUM_THREADS (default for the train/test runs: '
+        f'{DEFAULT_THREADS}; now: {os.environ.get("OMP_NUM_THREADS", "unset")})')
     # checked below, not with choices=: argparse (3.11) checks the value of an empty
     # nargs='*' positional, a list, against the choices as a whole and rejects it
     parser.add_argument('tasks', nargs='*', metavar='{' + ','.join(sorted(TASKS)) + '}',
@@ -96,12 +116,15 @@ def main():
     print('\n' + '=' * 72)
     for task, keys, results, work_dir in summary:
         print(f'{task}: {TASKS[task][2]}')
-        print(f'  {"":28s}' + ''.join(f'{k.split("/")[-1]:>15s}' for k in keys))
+        print(f'  {"(all metrics in %)":28s}' + ''.join(f'{k.split("/")[-1]:>15s}'
+                                                        for k in keys))
         for name in ['before training'] + [n for n in results if n != 'before training']:
             row = results[name]
             print(f'  {name:28s}' + ''.join(
                 f'{row.get(k, float("nan")):15.4f}' for k in keys))
         print(f'  drawn predictions: {work_dir}/**/predictions/')
+    print(f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", DEFAULT_THREADS)} '
+          'for the train and test runs')
     print('=' * 72)
 
 
