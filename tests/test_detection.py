@@ -229,24 +229,34 @@ def packed_sample(rng, size=64):
                                     'scale_factor'))(results)
 
 
-def test_demo_train_step_with_frozen_stages_and_norm_eval():
-    """A full train step of the demo detector: stage 0 frozen, backbone BN kept in eval."""
+def built_for_training(cfg):
+    """The detector of ``cfg`` (seed 0, initialized) and its optimizer wrapper."""
     from mmengine.optim import build_optim_wrapper
-    cfg = Config.fromfile(DEMO)
-    cfg.model.backbone.update(frozen_stages=1, norm_eval=True,
-                              norm_cfg=dict(type='BN', requires_grad=True))
     set_random_seed(0)
     model = build_model_from_config(cfg)
     model.init_weights()
     with DefaultScope.overwrite_default_scope('mmdet'):
-        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+        return model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def train_step_on_two_images(model, optim_wrapper):
+    """The losses of one training step of ``model`` on two images of shapes."""
     rng = np.random.default_rng(0)
     batch = [packed_sample(rng) for _ in range(2)]
     model.train()
-    losses = model.train_step(
+    return model.train_step(
         dict(inputs=[b['inputs'] for b in batch], data_samples=[b['data_samples'] for b in batch]),
         optim_wrapper)
+
+
+def test_demo_train_step_with_frozen_stages_and_norm_eval():
+    """A full train step of the demo detector: stage 0 frozen, backbone BN kept in eval."""
+    cfg = Config.fromfile(DEMO)
+    cfg.model.backbone.update(frozen_stages=1, norm_eval=True,
+                              norm_cfg=dict(type='BN', requires_grad=True))
+    model, optim_wrapper = built_for_training(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = train_step_on_two_images(model, optim_wrapper)
     assert {'loss_rpn_cls', 's0.loss_bbox', 's2.loss_mask'} <= set(losses)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -263,17 +273,12 @@ def test_demo_train_step_with_frozen_stages_and_norm_eval():
 def test_demo_train_step_with_amp_on_cpu(monkeypatch):
     """--amp on CPU: the backbone and the neck run in bfloat16, the heads (mmcv's CPU nms
     and RoIAlign take float32 only) in float32."""
-    from mmengine.optim import build_optim_wrapper
     from asmlp_mm.compat import enable_amp
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = Config.fromfile(DEMO)
     enable_amp(cfg)
     assert cfg.optim_wrapper.modules == ['backbone', 'neck']
-    set_random_seed(0)
-    model = build_model_from_config(cfg)
-    model.init_weights()
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    model, optim_wrapper = built_for_training(cfg)
     seen = {}
     for name, module in (('backbone', model.backbone.stages[1].blocks[0].mlp.fc1),
                          ('neck', model.neck.fpn_convs[0].conv),
@@ -281,12 +286,7 @@ def test_demo_train_step_with_amp_on_cpu(monkeypatch):
         module.register_forward_hook(
             lambda m, args, out, name=name: seen.setdefault(name, out.dtype) and None)
     before = model.backbone.stages[1].blocks[0].mlp.fc1.weight.detach().clone()
-    rng = np.random.default_rng(0)
-    batch = [packed_sample(rng) for _ in range(2)]
-    model.train()
-    losses = model.train_step(
-        dict(inputs=[b['inputs'] for b in batch], data_samples=[b['data_samples'] for b in batch]),
-        optim_wrapper)
+    losses = train_step_on_two_images(model, optim_wrapper)
     assert seen == {'backbone': torch.bfloat16, 'neck': torch.bfloat16,
                     'rpn_head': torch.float32}
     assert all(torch.isfinite(v).all() for v in losses.values())
