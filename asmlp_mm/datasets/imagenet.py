@@ -51,11 +51,14 @@ class CheckedImageNet(ImageNet):
         guard_transforms(self.pipeline, LoadImageFromFile, check_image_complete)
 
     def load_data_list(self) -> List[dict]:
-        """mmpretrain's listing, then the checks of the list file's lines, class indices
-        and images."""
-        if self.ann_file and self.with_label:
-            self._check_list_lines()
-        data_list = super().load_data_list()
+        """mmpretrain's listing (a line of the list file that it cannot parse is named),
+        then the checks of the class indices and the images."""
+        try:
+            data_list = super().load_data_list()
+        except ValueError:  # a line mmpretrain cannot split or parse: name it
+            if self.ann_file and self.with_label:
+                self._check_list_lines()
+            raise
         if self.with_label:
             self._check_labels(data_list)
         if self.check_files:
@@ -63,6 +66,8 @@ class CheckedImageNet(ImageNet):
         return data_list
 
     def _check_list_lines(self) -> None:
+        """Raise ``ValueError`` naming the first line of the list file that is not an
+        image path and a class index."""
         for number, line in enumerate(list_from_file(self.ann_file), 1):
             parts = line.strip().rsplit(' ', 1)
             if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
