@@ -8,7 +8,7 @@ says why it exists and when it can go.
 import os
 import pickle
 from contextlib import contextmanager
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -341,8 +341,22 @@ def enable_amp(cfg):
     for key in AMP_ONLY_ARGS:
         wrapper.pop(key, None)
     wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
-    if cfg.get('default_scope') == 'mmdet':  # mmcv's CPU nms and RoIAlign: float32 only
-        wrapper['modules'] = [name for name in ('backbone', 'neck') if cfg.model.get(name)]
+    modules = cpu_autocast_modules(cfg)
+    if modules is not None:
+        wrapper['modules'] = modules
+
+
+#: The submodules that bfloat16 autocast on CPU is limited to, by toolbox (the config's
+#: ``default_scope``): mmdet's heads call mmcv's CPU ``nms`` and ``RoIAlign``, which take
+#: float32 only.
+CPU_AUTOCAST_ONLY = {'mmdet': ('backbone', 'neck')}
+
+
+def cpu_autocast_modules(cfg) -> Optional[List[str]]:
+    """The names of the model's submodules that bfloat16 autocast on CPU may cover
+    (:data:`CPU_AUTOCAST_ONLY`, those the config's model has), or None: all of it."""
+    names = CPU_AUTOCAST_ONLY.get(cfg.get('default_scope'))
+    return None if names is None else [name for name in names if cfg.model.get(name)]
 
 
 def adapt_to_device(cfg):

@@ -289,6 +289,7 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
     from mmengine.model import revert_sync_batchnorm
 
     from asmlp_mm.analysis import build_model_from_config
+    from asmlp_mm.compat import cpu_autocast_modules
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config!r} does not exist')
     cfg = Config.fromfile(config)
@@ -304,9 +305,9 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
     scope = cfg.get('default_scope', 'mmpretrain')
     samples = data_samples_for(scope, batch, shape[0], shape[-1])
     wrapped = TensorForward(model, samples)
-    if scope == 'mmdet':  # bf16 autocast on CPU: as tools/train.py --amp (enable_amp)
-        wrapped.cpu_autocast_only = [f'model.{name}' for name in ('backbone', 'neck')
-                                     if getattr(model, name, None) is not None]
+    only = cpu_autocast_modules(cfg)  # as tools/train.py --amp (enable_amp)
+    if only is not None:
+        wrapped.cpu_autocast_only = [f'model.{name}' for name in only]
     return wrapped
 
 
