@@ -1,4 +1,5 @@
 """The README's promises: its zoo table comes from the metafiles, CI runs its test command."""
+import os
 import os.path as osp
 import sys
 
@@ -70,3 +71,28 @@ def test_make_demo_data_writes_the_datasets(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'wrote the cls demo dataset to {root}' in result.stdout
     assert len(list((root / 'train').rglob('*.png'))) == 2 * 3  # per class
+    assert make_demo_data.is_up_to_date(str(root), 'cls', num_train=2)
+
+
+def test_demo_data_of_another_version_is_moved_aside_not_reused(tmp_path, capsys):
+    """tools/demo.py reuses a dataset folder only when its manifest matches; one written
+    with other arguments or by an older version (no manifest) is moved aside, not mixed
+    into the new dataset, and not deleted."""
+    import make_demo_data
+    root = str(tmp_path / 'shapes_cls')
+    make_demo_data.write_dataset('cls', root, num_train=3)
+    assert make_demo_data.is_up_to_date(root, 'cls', num_train=3)
+    assert not make_demo_data.is_up_to_date(root, 'cls')  # the demo's 200 per class
+    assert not make_demo_data.is_up_to_date(root, 'cls', seed=1, num_train=3)
+
+    make_demo_data.write_dataset('cls', root, num_train=1)
+    assert 'moved it to' in capsys.readouterr().out
+    assert len(list((tmp_path / 'shapes_cls' / 'train').rglob('*.png'))) == 1 * 3
+    assert len(list((tmp_path / 'shapes_cls.old' / 'train').rglob('*.png'))) == 3 * 3
+
+    os.remove(osp.join(root, make_demo_data.MANIFEST))  # as an older version left it
+    assert not make_demo_data.is_up_to_date(root, 'cls', num_train=1)
+    make_demo_data.write_dataset('cls', root, num_train=1)
+    assert make_demo_data.is_up_to_date(root, 'cls', num_train=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'shapes_cls', 'shapes_cls.old', 'shapes_cls.old-1']

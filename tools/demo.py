@@ -2,7 +2,8 @@
 
     python tools/demo.py [det] [seg] [cls] [--work-dir work_dirs/demo]
 
-For each task (default: det and seg) it writes the synthetic shapes dataset, trains the
+For each task (default: det and seg) it writes the synthetic shapes dataset (unless
+tools/make_demo_data.py wrote the same one before: see its manifest), trains the
 demo config through tools/train.py, evaluates before and after training through
 tools/test.py (COCO box/mask AP; single-scale and multi-scale+flip mIoU; top-1), saves the
 drawn predictions in the work dir and prints one table at the end, every metric in %
@@ -24,6 +25,9 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+import make_demo_data  # noqa: E402
 
 # task -> (data kind for make_demo_data.py, data folder, config, metrics to report,
 #          extra test runs {name: extra test.py args})
@@ -63,7 +67,7 @@ def evaluate(config, checkpoint, work_dir, name, extra=()):
 def run_task(task, work_root):
     kind, data_root, config, keys, extra_tests = TASKS[task]
     work_dir = osp.join(work_root, task)
-    if not osp.isdir(data_root):
+    if not make_demo_data.is_up_to_date(osp.join(ROOT, data_root), kind):
         run('tools/make_demo_data.py', kind, data_root)
     run('tools/train.py', config, '--work-dir', work_dir)
     ckpt = osp.join(work_dir, 'last_checkpoint')
