@@ -215,3 +215,27 @@ def test_check_fits_names_the_prefix_that_holds_the_model():
     with pytest.raises(CheckpointMismatchError) as err:
         check_fits(model, state, 'x.pth', 'the model')
     assert 'none of its keys' not in str(err.value)
+
+
+def test_fits_hook_for_fine_tuning_refuses_only_a_checkpoint_of_which_nothing_loads():
+    """Training from load_from (exact=False) takes a checkpoint that leaves out a few
+    weights, e.g. a head of another number of classes; not one that loads no weight."""
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from asmlp_mm.engine.checkpoint import CheckpointFitsHook, CheckpointMismatchError
+    model = torch.nn.Sequential()
+    model.add_module('backbone', torch.nn.Linear(3, 4))
+    model.add_module('head', torch.nn.Linear(4, 2))
+    runner = SimpleNamespace(model=model, cfg=Config(dict(load_from='x.pth')))
+    other_head = dict(model.state_dict(), **{'head.weight': torch.zeros(5, 4),
+                                             'head.bias': torch.zeros(5)})
+    CheckpointFitsHook(exact=False).after_load_checkpoint(runner, {'state_dict': other_head})
+    with pytest.raises(CheckpointMismatchError, match='shape of head.weight'):
+        CheckpointFitsHook().after_load_checkpoint(runner, {'state_dict': other_head})
+    bare = {'weight': torch.zeros(4, 3), 'bias': torch.zeros(4)}
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)not one of its weights would load.*"
+                       r"weights of the model's 'backbone' only; load them into it with "
+                       r"model.backbone.init_cfg="):
+        CheckpointFitsHook(exact=False).after_load_checkpoint(runner, {'state_dict': bare})

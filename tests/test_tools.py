@@ -84,3 +84,32 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, data_opt
     assert 'does not fit the model of this config' in out
     assert 'missing in the checkpoint: backbone.patch_embed' in out
     assert 'Traceback' not in out
+
+
+def save_bare_backbone(path):
+    """The state dict of the classification demo's backbone alone (keys without
+    'backbone.'), as a converter or a timm-style training saves one."""
+    from mmengine.config import Config
+
+    from asmlp_mm.models import ASMLP
+    backbone = Config.fromfile(CLS_DEMO).model.backbone
+    backbone.pop('type')
+    torch.save(ASMLP(**backbone).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize('tool', [TRAIN, TEST])
+def test_a_backbone_checkpoint_as_the_whole_model_is_refused_naming_the_fix(
+        tmp_path, tool, data_options):
+    """load_from (test.py's CHECKPOINT) with the weights of the backbone only loads not one
+    weight: training started from random weights with a warning in the log, testing
+    evaluated them. Both are refused, and the message says where such weights go."""
+    bare = save_bare_backbone(tmp_path / 'backbone.pth')
+    args = [CLS_DEMO, bare] if tool == TEST else [
+        CLS_DEMO, '--cfg-options', f'load_from={bare}']
+    out = run_failing(tool, *args, '--work-dir', tmp_path / 'work', *data_options,
+                      cwd=tmp_path)
+    assert "the model's keys start with 'backbone.' followed by the checkpoint's" in out
+    assert "model.backbone.init_cfg=dict(type='Pretrained'" in out
+    assert 'Traceback' not in out
+    assert not list((tmp_path / 'work').rglob('*.pth'))

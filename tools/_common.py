@@ -103,18 +103,18 @@ def shutdown_distributed():
         _distributed_run = True
 
 
-def run_loop(run, runner, check_checkpoint: bool = True):
+def run_loop(run, runner, exact_checkpoint: bool = True):
     """``run()`` (``runner.train`` or ``runner.test``), then :func:`shutdown_distributed`.
 
-    With ``check_checkpoint``, the checkpoint the runner loads (``load_from``, or the one
-    it resumes from) is checked first (``CheckpointFitsHook``): one that is broken or of
-    another model ends the program with a message naming the file and the mismatched
-    keys, instead of a half-loaded model or a failure deep inside the optimizer state.
+    The checkpoint the runner loads (``load_from``, or the one it resumes from) is checked
+    first (``CheckpointFitsHook``): one that is broken or of another model ends the program
+    with a message naming the file and the mismatched keys, instead of a half-loaded model
+    or a failure deep inside the optimizer state. Without ``exact_checkpoint`` (training
+    that starts from ``load_from``), only one of which no weight fits is refused.
     """
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
-    if check_checkpoint:
-        runner.register_hook(CheckpointFitsHook(), priority='VERY_HIGH')
+    runner.register_hook(CheckpointFitsHook(exact=exact_checkpoint), priority='VERY_HIGH')
     try:
         return run()
     except (CheckpointError, CheckpointMismatchError) as err:

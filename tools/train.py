@@ -49,8 +49,9 @@ def main():
                              '(the total batch size its learning rate is set for)')
         cfg.auto_scale_lr.enable = True
     runner = Runner.from_cfg(cfg)
-    # the training state of another model would fail later and less clearly
-    run_loop(runner.train, runner, check_checkpoint=cfg.resume)
+    # the training state of another model would fail later and less clearly; fine-tuning
+    # from load_from may leave out a few weights, not all
+    run_loop(runner.train, runner, exact_checkpoint=cfg.resume)
 
 
 if __name__ == '__main__':

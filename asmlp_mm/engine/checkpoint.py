@@ -141,15 +141,30 @@ def prefix_in_checkpoint(model_state: dict, loaded: dict) -> Optional[str]:
 
 
 def prefix_hint(model_state: dict, loaded: dict, prefix_option: str = '') -> str:
-    """A sentence naming the prefix under which ``loaded`` holds the model's keys (see
-    :func:`prefix_in_checkpoint`), telling to set it in ``prefix_option`` (e.g.
-    'init_cfg') when the caller has one; '' where there is no such prefix."""
+    """A sentence naming the prefix that separates the keys of ``loaded`` from the model's,
+    '' where there is none.
+
+    Either the checkpoint holds the model's keys under a prefix (see
+    :func:`prefix_in_checkpoint`; the sentence tells to set it in ``prefix_option``, e.g.
+    'init_cfg', when the caller has one), or the model holds the checkpoint's keys under
+    one: a backbone's checkpoint given to a whole detector, whose keys all start with
+    'backbone.'.
+    """
     prefix = prefix_in_checkpoint(model_state, loaded)
-    if prefix is None:
+    if prefix is not None:
+        hint = (f"none of its keys is one of the model's, but its keys start with "
+                f"{prefix!r} followed by the model's")
+        return hint + (f': set prefix={prefix!r} in {prefix_option}' if prefix_option else '')
+    part = prefix_in_checkpoint(loaded, model_state)  # the model holds the checkpoint
+    if part is None:
         return ''
-    hint = (f"none of its keys is one of the model's, but its keys start with {prefix!r} "
-            f"followed by the model's")
-    return hint + (f': set prefix={prefix!r} in {prefix_option}' if prefix_option else '')
+    hint = (f"none of its keys is one of the model's, but the model's keys start with "
+            f"{part!r} followed by the checkpoint's: it holds the weights of the model's "
+            f"{part[:-1]!r} only")
+    if part.count('.') == 1:  # a direct submodule, which takes an init_cfg
+        hint += (f"; load them into it with model.{part}init_cfg=dict(type='Pretrained', "
+                 "checkpoint=...)")
+    return hint
 
 
 def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8,
@@ -217,12 +232,31 @@ class CheckpointFitsHook(Hook):
     (``after_load_checkpoint``, so the file is read once) and raises
     :class:`CheckpointMismatchError` listing the missing, unexpected and mis-shaped keys.
     Register it with ``runner.register_hook(CheckpointFitsHook(), 'VERY_HIGH')``.
+
+    Args:
+        exact (bool): Refuse any mismatch (testing, resuming). False refuses only a
+            checkpoint of which not one weight would load (fine-tuning from ``load_from``
+            may leave out a few, e.g. a classifier head of another number of classes).
+            Defaults to True.
     """
+
+    def __init__(self, exact: bool = True):
+        self.exact = exact
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if isinstance(model, BaseTTAModel):  # test-time aug wraps the model of the config
             model = model.module
         source = runner.cfg.get('load_from')
-        check_fits(model, checkpoint_state_dict(checkpoint, source), source,
-                   f'the model of this config ({type(model).__name__})')
+        what = f'the model of this config ({type(model).__name__})'
+        state = checkpoint_state_dict(checkpoint, source)
+        if self.exact:
+            check_fits(model, state, source, what)
+            return
+        model_state = model.state_dict()
+        if not any(key in model_state and tuple(value.shape) == tuple(model_state[key].shape)
+                   for key, value in state.items()):
+            problems = state_dict_mismatches(model_state, state)
+            raise CheckpointMismatchError(describe_mismatches(
+                source, problems, what + ' (not one of its weights would load)',
+                hint=prefix_hint(model_state, state)))
