@@ -353,3 +353,72 @@ def test_det_against_wrong_config_fails(tmp_path):
     lines = []
     conv.convert(src, str(tmp_path / 'o.pth'), log=lines.append)
     assert any('pass --config' in line for line in lines)
+
+
+PUBLISH = osp.join(ROOT, 'tools', 'model_converters', 'publish_model.py')
+WEIGHTS_ONLY_LOAD = ('import sys, torch; torch.load(sys.argv[1], weights_only=True); '
+                     'print("asmlp_mm" in sys.modules)')
+
+
+def training_checkpoint(path):
+    """A checkpoint as mmengine's Runner saves it: weights, meta, and the run's state (the
+    message hub's HistoryBuffers with numpy arrays, the optimizer's)."""
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('publish_test')
+    for loss in (1.0, 0.5):
+        hub.update_scalar('train/loss', loss)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    torch.save({'meta': {'epoch': 2, 'iter': 8, 'cfg': "model = dict(type='X')",
+                         'dataset_meta': {'classes': ('a', 'b'), 'palette': [[1, 2, 3]]}},
+                'state_dict': model.state_dict(), 'message_hub': hub.state_dict(),
+                'optimizer': optimizer.state_dict(), 'param_schedulers': []}, path)
+    return model.state_dict()
+
+
+def test_publish_model_keeps_weights_and_meta_for_loaders_without_asmlp_mm(tmp_path):
+    """DetInferencer(model=None, weights=...) reads the checkpoint before any config, so
+    before asmlp_mm allow-lists mmengine's training state for torch's weights-only load:
+    a checkpoint of tools/train.py failed there. Its published form loads with plain
+    torch.load(weights_only=True), named with its hash."""
+    import hashlib
+    import subprocess
+    import sys
+    source = tmp_path / 'epoch_2.pth'
+    weights = training_checkpoint(source)
+
+    def plain_load(path):
+        return subprocess.run([sys.executable, '-c', WEIGHTS_ONLY_LOAD, str(path)],
+                              capture_output=True, text=True)
+
+    assert 'Unsupported global' in plain_load(source).stderr  # the failure fixed here
+    result = subprocess.run([sys.executable, PUBLISH, str(source), str(tmp_path / 'out.pth')],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'dropped: message_hub, optimizer, param_schedulers' in result.stdout
+    [published] = tmp_path.glob('out-*.pth')
+    assert published.name == f'out-{hashlib.sha256(published.read_bytes()).hexdigest()[:8]}.pth'
+    assert result.stdout.strip().endswith(f'wrote {published}')
+    loaded = plain_load(published)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == 'False', loaded.stderr[-2000:]
+    checkpoint = torch.load(published, weights_only=True)
+    assert sorted(checkpoint) == ['meta', 'state_dict']
+    assert checkpoint['meta']['dataset_meta']['classes'] == ('a', 'b')
+    for key, value in weights.items():
+        assert torch.equal(checkpoint['state_dict'][key], value)
+
+
+def test_publish_model_refuses_what_is_not_a_training_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    bare = tmp_path / 'bare.pth'
+    torch.save(nn.Linear(2, 2).state_dict(), bare)
+    for source, message in ((bare, 'has no state_dict'),
+                            (tmp_path / 'none.pth', 'does not exist')):
+        result = subprocess.run([sys.executable, PUBLISH, str(source), str(tmp_path / 'o.pth')],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert 'Traceback' not in result.stderr
+    assert not list(tmp_path.glob('o*'))
