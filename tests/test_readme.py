@@ -96,3 +96,44 @@ def test_demo_data_of_another_version_is_moved_aside_not_reused(tmp_path, capsys
     assert make_demo_data.is_up_to_date(root, 'cls', num_train=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         'shapes_cls', 'shapes_cls.old', 'shapes_cls.old-1']
+
+
+INFERENCE_RUN = '''
+import json, sys
+namespace = json.loads(sys.argv[1])
+exec(sys.argv[2], namespace)
+print('asmlp_mm imported by the configs:', 'asmlp_mm' in sys.modules)
+print('found', sorted(namespace['found']))
+print('label map', namespace['label_map'].shape)
+print('top1', namespace['top1'])
+'''
+
+
+def test_readme_inference_snippet_runs_with_our_configs(tmp_path):
+    """The README's inference block, run as written in a process that does not import
+    asmlp_mm itself, with the demo configs (random weights) on an odd-sized image."""
+    import json
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+    readme = read('README.md')
+    block = readme.split('<!-- inference -->\n```python\n', 1)[1].split('```', 1)[0]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (61, 83, 3), np.uint8)).save(
+        tmp_path / 'demo.jpg')
+    names = {
+        'DET_CONFIG': 'configs/demo/cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py',
+        'SEG_CONFIG': 'configs/demo/upernet_asmlp-demo_shapes-ade.py',
+        'CLS_CONFIG': 'configs/demo/asmlp-demo_1xb8_shapes-cls.py'}
+    names = {key: osp.join(ROOT, path) for key, path in names.items()}
+    names.update(DET_CHECKPOINT=None, SEG_CHECKPOINT=None, CLS_CHECKPOINT=False)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    result = subprocess.run([sys.executable, '-c', INFERENCE_RUN, json.dumps(names), block],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert 'asmlp_mm imported by the configs: True' in out
+    assert "found ['bboxes', 'labels', 'masks', 'scores']" in out
+    assert 'label map (61, 83)' in out
+    assert 'top1 ' in out
+    assert len(list((tmp_path / 'outputs').rglob('*.*'))) >= 2  # drawn det and seg images
