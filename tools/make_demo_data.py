@@ -9,11 +9,11 @@ per class for cls, the count configs/demo/asmlp-demo_1xb8_shapes-cls.py is made 
 the classifier remembers the images' colours instead of learning the shapes), and the
 generator's own for coco (48) and ade (64).
 
-Each dataset folder gets a MANIFEST (kind, seed, training images and a hash of the
-generator's source). A folder whose manifest differs from what this run would write, or
-that has none (written by an older version), is moved aside to ROOT.old[-N] first, so that
-no stale image is mixed into the new dataset and nothing is deleted; tools/demo.py reuses a
-folder only when its manifest matches.
+Each dataset folder gets a manifest (kind, seed, training images and a hash of the
+generator's source and of shapes.py, which draws the images). A folder whose manifest
+differs from what this run would write, or that has none (written by an older version), is
+moved aside to ROOT.old[-N] first, so that no stale image is mixed into the new dataset and
+nothing is deleted; tools/demo.py reuses a folder only when its manifest matches.
 """
 import argparse
 import hashlib
@@ -40,11 +40,12 @@ MANIFEST = 'make_demo_data.json'
 def expected_manifest(kind, seed=0, num_train=None):
     """What a run of ``make_demo_data.py KIND --seed SEED [--num-train N]`` writes."""
     module, func, _, default_train = GENERATORS[kind]
-    source = importlib.import_module(f'asmlp_mm.datasets.{module}').__file__
-    with open(source, 'rb') as f:
-        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    digest = hashlib.sha1()
+    for name in sorted({module, 'shapes'}):  # shapes.py draws the images of all three
+        with open(importlib.import_module(f'asmlp_mm.datasets.{name}').__file__, 'rb') as f:
+            digest.update(f.read())
     return dict(kind=kind, generator=f'asmlp_mm.datasets.{module}.{func}',
-                generator_sha1=digest, seed=seed,
+                generator_sha1=digest.hexdigest()[:12], seed=seed,
                 num_train=default_train if num_train is None else num_train)
 
 
