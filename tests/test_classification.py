@@ -56,8 +56,7 @@ def test_tiny_train_and_test_through_tools(tmp_path):
     make_classification_folder(str(data), num_train=8, num_val=4, size=32)
     work = tmp_path / 'work'
     config = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
-    opts = ['--cfg-options', f'data_root={data}',
-            f'train_dataloader.dataset.data_root={data}',
+    opts = ['--cfg-options', f'train_dataloader.dataset.data_root={data}',
             f'val_dataloader.dataset.data_root={data}',
             f'test_dataloader.dataset.data_root={data}', 'train_cfg.max_epochs=2',
             'train_cfg.val_interval=2']

@@ -42,6 +42,28 @@ def test_a_new_top_level_cfg_option_is_refused_with_a_suggestion(tmp_path, tool)
     assert "did you mean 'test_dataloader'?" in out
 
 
+MASK_RCNN_T = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_asmlp-tiny_fpn_ms-crop-1x_coco.py')
+
+
+@pytest.mark.parametrize('option,holders', [
+    ('pretrained=other.pth', 'model.backbone.init_cfg.checkpoint'),
+    ('data_root=/data/coco/', 'train_dataloader.dataset.data_root, val_dataloader.dataset.'
+     'data_root, test_dataloader.dataset.data_root, val_evaluator.ann_file'),
+])
+def test_a_variable_of_the_config_file_is_refused_naming_what_holds_its_value(
+        tmp_path, option, holders):
+    """mmengine puts a config file's variables in place as it reads the file: setting
+    pretrained=other.pth changed nothing, and the detector trained from the default
+    pretrained file, silently."""
+    out = run_failing(TRAIN, MASK_RCNN_T, '--cfg-options', option, '--work-dir',
+                      tmp_path / 'work', cwd=tmp_path)
+    key = option.split('=')[0]
+    assert f"--cfg-options {key}: '{key}' is a variable of" in out
+    assert 'setting it changes nothing' in out
+    assert f'Set the entries that hold its value instead: {holders}' in out
+    assert 'Traceback' not in out and not (tmp_path / 'work').exists()
+
+
 def test_runner_entries_missing_from_the_config_are_accepted():
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     from _common import check_new_top_level_keys
