@@ -61,6 +61,11 @@ class CheckpointError(RuntimeError):
     """A file given as a checkpoint cannot be read as one."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint file that does not exist (tools/train.py and test.py end with its
+    message, as for any :class:`CheckpointError`)."""
+
+
 #: The ``getattr`` calls that mmengine's training checkpoints pickle: ``meta['message_hub']``
 #: holds HistoryBuffer's statistics methods, pickled (protocol 2) as
 #: ``getattr(HistoryBuffer, 'min')``.
@@ -124,7 +129,7 @@ def load_local_checkpoint(filename, map_location=None):
     """
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename!r} does not exist')
+        raise CheckpointNotFoundError(f'checkpoint {filename!r} does not exist')
     with torch.serialization.safe_globals(_checkpoint_safe_globals()):
         try:
             return torch.load(filename, map_location=map_location, weights_only=True)

@@ -454,6 +454,20 @@ def test_pretrained_without_the_prefix_of_a_detector_checkpoint_names_it(tmp_pat
         model.init_weights()
 
 
+def test_a_missing_pretrained_file_says_how_to_give_one_or_train_without(tmp_path):
+    """The downstream configs name checkpoints/asmlp-*_in1k.pth; without that file the
+    error named it and nothing else. tools/train.py ends with the message (a
+    CheckpointError), other callers can catch it as a FileNotFoundError."""
+    from asmlp_mm.compat import CheckpointError
+    model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'nowhere.pth', prefix='backbone.'))
+    with pytest.raises(FileNotFoundError, match=r"(?s)nowhere.pth' does not exist: the "
+                       r"pretrained weights of ASMLP.*--cfg-options model.backbone.init_cfg."
+                       r"checkpoint=PATH; model.backbone.init_cfg=None trains from random"
+                       ) as err:
+        model.init_weights()
+    assert isinstance(err.value, CheckpointError)
+
+
 def test_pretrained_drops_the_module_prefix_of_a_ddp_checkpoint(tmp_path):
     """As the runner's load_from does (a checkpoint saved from a DDP-wrapped model)."""
     saved = save_backbone(tmp_path / 'ddp.pth', TINY, prefix='module.backbone.')

@@ -529,12 +529,21 @@ class ASMLP(BaseModule):
         """Load the checkpoint of a 'Pretrained' init config, if it fits (see
         :meth:`init_weights`)."""
         from mmengine.runner.checkpoint import _load_checkpoint
+        from ..compat import CheckpointNotFoundError
         from ..engine.checkpoint import check_fits, checkpoint_state_dict
         checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix') or ''
         if prefix and not prefix.endswith('.'):
             prefix += '.'  # as mmengine's loader
-        state = checkpoint_state_dict(_load_checkpoint(checkpoint, map_location='cpu'),
-                                      checkpoint, prefix)
+        try:
+            loaded = _load_checkpoint(checkpoint, map_location='cpu')
+        except CheckpointNotFoundError as err:
+            raise CheckpointNotFoundError(
+                f'{err}: the pretrained weights of ASMLP (init_cfg). Train a classifier '
+                f'(configs/asmlp/) or convert the published one '
+                f'(tools/model_converters/asmlp_to_mm.py) and put it there, or set its path '
+                f'with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
+                f'model.backbone.init_cfg=None trains from random weights') from None
+        state = checkpoint_state_dict(loaded, checkpoint, prefix)
         if prefix and not state:
             raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '
                              f'{prefix!r}')
