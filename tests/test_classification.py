@@ -47,6 +47,9 @@ def test_recipe_rates_are_swins_scaled_to_the_batch(name):
     assert warmup.type == 'LinearLR' and warmup.end == cosine.begin == warmup_epochs
     assert optimizer.lr * warmup.start_factor == pytest.approx(warmup_start * scale)
     assert cosine.type == 'CosineAnnealingLR'
+    # both stepped every iteration, as timm's scheduler in the released code (mmpretrain's
+    # Swin schedule steps the cosine once an epoch)
+    assert warmup.convert_to_iter_based and cosine.convert_to_iter_based
     assert cosine.eta_min == pytest.approx(floor * scale)
     assert cfg.train_cfg.max_epochs == epochs
 

@@ -34,6 +34,7 @@ optim_wrapper = dict(optimizer=dict(lr=4e-5, weight_decay=1e-8))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=5,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=4e-7, by_epoch=True, begin=5),
+    dict(type='CosineAnnealingLR', eta_min=4e-7, by_epoch=True, begin=5,
+         convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=30)

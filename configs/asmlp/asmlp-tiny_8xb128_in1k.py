@@ -18,3 +18,12 @@ val_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 test_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 
 optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
+# mmpretrain's Swin schedule with the cosine, too, stepped every iteration, as the released
+# AS-MLP (and Swin) code steps it (timm's scheduler, t_in_epochs=False); mmpretrain's steps
+# it once an epoch
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=20,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=20,
+         convert_to_iter_based=True),
+]
