@@ -1,5 +1,5 @@
-# make install   create .venv with the pinned OpenMMLab stack (first run ~12 min: builds mmcv)
-# make demo      the main job: tiny detection + segmentation (+ classification) train/test
+# make install   create .venv with the pinned OpenMMLab stack (first run builds mmcv: README "Install")
+# make demo      the main job: tiny detection + segmentation train/test (python tools/demo.py cls: classification)
 # make test      the full test suite
 PY := .venv/bin/python
 

@@ -52,7 +52,7 @@ log "OpenMMLab stack"
 build_mmcv() {
     local src
     src=$(mktemp -d)
-    log "building mmcv $MMCV_VERSION with CPU ops (30-60 minutes on 2 cores)"
+    log "building mmcv $MMCV_VERSION with CPU ops (about 13 minutes on 2 idle cores, up to an hour on busy ones)"
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
         -d "$src" "mmcv==$MMCV_VERSION"
     tar -xzf "$src"/mmcv-*.tar.gz -C "$src"
