@@ -66,8 +66,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     message, as for any :class:`CheckpointError`)."""
 
 
-#: The ``getattr`` calls that mmengine's training checkpoints pickle: ``meta['message_hub']``
-#: holds HistoryBuffer's statistics methods, pickled (protocol 2) as
+#: The ``getattr`` calls that mmengine's training checkpoints pickle: their top-level
+#: ``message_hub`` entry holds HistoryBuffer's statistics methods, pickled (protocol 2) as
 #: ``getattr(HistoryBuffer, 'min')``.
 HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
 
@@ -90,10 +90,11 @@ def _checkpoint_safe_globals():
     """Classes and functions that mmengine's own checkpoints pickle, besides tensors and
     builtins, for ``torch.load(weights_only=True)``.
 
-    ``meta['message_hub']`` stores :class:`HistoryBuffer` objects holding numpy arrays and
-    their statistics methods, and the runtime info holds numpy scalars. They are allow-listed
-    so that checkpoints are loaded with ``weights_only=True`` (no arbitrary code runs while
-    loading); ``getattr`` is allowed as :func:`_checkpoint_getattr` only.
+    The checkpoint's ``message_hub`` entry stores :class:`HistoryBuffer` objects holding
+    numpy arrays and their statistics methods, and the runtime info holds numpy scalars.
+    They are allow-listed so that checkpoints are loaded with ``weights_only=True`` (no
+    arbitrary code runs while loading); ``getattr`` is allowed as :func:`_checkpoint_getattr`
+    only.
     """
     try:  # numpy >= 2 (also present as an alias in numpy 1.26)
         from numpy._core import multiarray

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint with any config of this repository.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta] [--show-dir DIR]
-        [--out FILE.pkl] [--cfg-options KEY=VALUE ...] [--launcher ...]
+        [--out FILE.pkl] [--dump-metrics FILE.json] [--cfg-options KEY=VALUE ...]
+        [--launcher ...]
 
 ``--tta`` swaps in the config's ``tta_model`` and ``tta_pipeline`` (multi-scale + flip
 for the segmentation configs: the "MS mIoU" of the paper).

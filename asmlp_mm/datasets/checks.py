@@ -1,4 +1,4 @@
-"""Checks of dataset files shared by the detection and segmentation datasets.
+"""Checks of dataset files shared by the classification, detection and segmentation datasets.
 
 They turn bad data (images listed but absent, JPEG files cut short, label maps without
 images, label values outside the classes, annotation files that are not JSON) into one

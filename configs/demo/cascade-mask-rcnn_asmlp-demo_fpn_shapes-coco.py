@@ -2,7 +2,7 @@
 # GIoU cascade heads, AdamW without decay on norms), changed only where a CPU needs it: a tiny
 # AS-MLP trained from scratch, narrow FPN and heads, fewer RoIs, 96-pixel images, a short
 # schedule and the tiny shapes dataset written by `tools/make_demo_data.py coco`.
-# Trains and evaluates (COCO box and mask AP) in a few minutes on 2 CPU cores.
+# Trains in about 30 s on one CPU thread (`python tools/demo.py det`, which also evaluates).
 _base_ = '../cascade_mask_rcnn/cascade-mask-rcnn_asmlp-tiny_fpn_ms-crop-1x_coco.py'
 
 data_root = 'data/demo/shapes_coco/'

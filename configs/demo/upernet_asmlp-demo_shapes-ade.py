@@ -3,7 +3,7 @@
 # tiny ADE20K-format dataset of three shapes, each drawn in its class colour (0 = other/
 # ignored, labels 1..3, as ADE20K:
 # `python tools/make_demo_data.py ade data/demo/shapes_ade`), 64x80 images, a short
-# schedule (200 iterations) and 3 scales + flip for --tta. Trains in about half a minute.
+# schedule (200 iterations) and 3 scales + flip for --tta. Trains in about 10 s.
 _base_ = '../upernet/upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py'
 
 data_root = 'data/demo/shapes_ade'

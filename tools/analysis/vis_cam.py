@@ -9,7 +9,7 @@ GroupNorm before pooling), which is what Grad-CAM needs for a CNN-like NCHW feat
 Example::
 
     python tools/analysis/vis_cam.py demo.jpg configs/asmlp/asmlp-tiny_8xb128_in1k.py \\
-        checkpoints/asmlp-tiny_in1k.pth --method gradcam --save-path cam.jpg
+        checkpoints/asmlp-tiny_8xb128_in1k.pth --method gradcam --save-path cam.jpg
     python tools/analysis/vis_cam.py demo.jpg CONFIG CKPT --target-layers \\
         backbone.stages.3.blocks.1.norm2 --method gradcam++ --target-category 281
 """

@@ -23,7 +23,7 @@ conversion unless ``--drop-unmapped``.
 Example::
 
     python tools/model_converters/asmlp_to_mm.py asmlp_tiny_patch4_shift5_224.pth \\
-        checkpoints/asmlp-tiny_in1k.pth
+        checkpoints/asmlp-tiny_8xb128_in1k.pth
     python tools/model_converters/asmlp_to_mm.py cascade_asmlp_t_3x.pth out.pth --task det \\
         --config configs/cascade_mask_rcnn/cascade-mask-rcnn_asmlp-tiny_fpn_ms-crop-3x_coco.py
 """
