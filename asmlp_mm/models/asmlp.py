@@ -138,6 +138,12 @@ class PatchEmbed(nn.Module):
     """Non-overlapping ``patch_size`` x ``patch_size`` convolution followed by a norm.
 
     Inputs whose size is not a multiple of the patch size are zero-padded (bottom/right).
+
+    Args:
+        in_channels (int): Channels of the input image.
+        embed_dims (int): Channels of the output tokens.
+        patch_size (int): Side of the square patches (kernel size and stride).
+        norm_cfg (dict): Config of the norm layer.
     """
 
     def __init__(self, in_channels: int, embed_dims: int, patch_size: int,
@@ -156,6 +162,11 @@ class PatchMerging(nn.Module):
 
     The four sub-grids are concatenated in the order (0, 0), (1, 0), (0, 1), (1, 1) of
     (row offset, column offset). Odd sizes are zero-padded first.
+
+    Args:
+        in_channels (int): Channels C of the input.
+        out_channels (int): Channels of the output (2C in AS-MLP).
+        norm_cfg (dict): Config of the norm layer (over the 4C channels).
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
@@ -175,13 +186,13 @@ class AxialShiftMixer(nn.Module):
 
     Args:
         channels (int): Number of channels.
-        shift_size (int): Number of channel groups (odd).
+        shift_size (int): Number of channel groups (odd). Defaults to 5.
         dilation (int): Spacing of the shifts. Defaults to 1.
         padding (str): Padding mode of the shift. Defaults to 'zero'.
         connection (str): 'parallel' sums the W and H branches (as published); 'serial'
             feeds the W branch's output to the H branch. Defaults to 'parallel'.
-        norm_cfg (dict): Config of the norm layers.
-        act_cfg (dict): Config of the activation.
+        norm_cfg (dict): Config of the norm layers. Defaults to GroupNorm with one group.
+        act_cfg (dict): Config of the activation. Defaults to GELU.
     """
 
     def __init__(self, channels: int, shift_size: int = 5, dilation: int = 1,
@@ -220,7 +231,15 @@ class AxialShiftMixer(nn.Module):
 
 
 class ChannelMLP(nn.Module):
-    """1x1 conv (C -> ratio*C) -> act -> dropout -> 1x1 conv (-> C) -> dropout."""
+    """1x1 conv (C -> ratio*C) -> act -> dropout -> 1x1 conv (-> C) -> dropout.
+
+    Args:
+        channels (int): Channels C of the input and output.
+        mlp_ratio (float): Hidden width relative to C. Defaults to 4.
+        drop_rate (float): Dropout after the activation and after the output. Defaults
+            to 0.
+        act_cfg (dict): Config of the activation. Defaults to GELU.
+    """
 
     def __init__(self, channels: int, mlp_ratio: float = 4., drop_rate: float = 0.,
                  act_cfg: dict = dict(type='GELU')):
@@ -243,12 +262,14 @@ class ASMLPBlock(nn.Module):
 
     Args:
         channels (int): Number of channels.
-        mlp_ratio (float): Hidden width of the MLP relative to ``channels``.
-        drop_rate (float): Dropout in the MLP.
-        drop_path_rate (float): Stochastic depth of both residual branches.
-        with_cp (bool): Recompute the block in backward to save memory.
-        norm_cfg, act_cfg (dict): Norm and activation configs.
-        **mixer_kwargs: shift_size, dilation, padding, connection of the mixer.
+        mlp_ratio (float): Hidden width of the MLP relative to ``channels``. Defaults to 4.
+        drop_rate (float): Dropout in the MLP. Defaults to 0.
+        drop_path_rate (float): Stochastic depth of both residual branches. Defaults to 0.
+        with_cp (bool): Recompute the block in backward to save memory. Defaults to False.
+        norm_cfg (dict): Config of the norm layers. Defaults to GroupNorm with one group.
+        act_cfg (dict): Config of the activations. Defaults to GELU.
+        **mixer_kwargs: shift_size, dilation, padding, connection of the mixer
+            (:class:`AxialShiftMixer`).
     """
 
     def __init__(self, channels: int, mlp_ratio: float = 4., drop_rate: float = 0.,
@@ -303,7 +324,8 @@ class ASMLP(BaseModule):
             the blocks up to this value. Defaults to the arch's value (T 0.2, S 0.3, B 0.5).
         out_indices (int | Sequence[int]): Stages to output. Defaults to (3,).
         frozen_stages (int): Freeze the patch embedding (>= 0) and the first
-            ``frozen_stages`` stages with their output norms. -1 freezes nothing.
+            ``frozen_stages`` stages with their output norms. -1 freezes nothing. Defaults
+            to -1.
         norm_eval (bool): Keep batch-norm layers (if ``norm_cfg`` uses them) in eval mode
             while training. Defaults to False.
         with_cp (bool): Gradient checkpointing per block. Defaults to False.
@@ -311,7 +333,9 @@ class ASMLP(BaseModule):
         act_cfg (dict): Activation config. Defaults to GELU.
         init_cfg (dict | list[dict], optional): Initialization config; e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads the backbone
-            of an mmpretrain AS-MLP classifier checkpoint.
+            of an mmpretrain AS-MLP classifier checkpoint. Defaults to truncated-normal
+            (std 0.02) weights and zero biases for the convolutions and linear layers, and
+            ones and zeros for the norms; None leaves PyTorch's own initialization.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {

@@ -118,8 +118,19 @@ class PublishedPatchEmbed(nn.Module):
 
 
 class PublishedASMLP(nn.Module):
-    """The released classifier (``num_classes > 0``) or detection/segmentation backbone
+    """The released classifier (``out_indices=None``) or detection/segmentation backbone
     (``out_indices`` given: per-stage features through ``norm{i}``, no ``norm``/``head``).
+
+    Args:
+        embed_dim (int): Channels of stage 1. Defaults to 96.
+        depths (Sequence[int]): Blocks per stage. Defaults to (2, 2, 6, 2) (AS-MLP-T).
+        shift_size (int): Channel groups of the shift. Defaults to 5.
+        mlp_ratio (float): MLP hidden width ratio. Defaults to 4.
+        patch_size (int): Patch size of the embedding. Defaults to 4.
+        in_chans (int): Input channels. Defaults to 3.
+        num_classes (int): Classes of the head (classifier only). Defaults to 1000.
+        out_indices (Sequence[int], optional): Stages to output; None builds the
+            classifier. Defaults to None.
     """
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),

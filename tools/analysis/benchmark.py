@@ -172,7 +172,6 @@ class Runner:
         model (nn.Module): Maps an image batch to logits, features or any nest of tensors.
         inputs (Tensor): The input batch.
         amp (bool): Run under autocast (bf16 on CPU, fp16 with a grad scaler on CUDA).
-        num_classes (int): Range of the random labels of the training loss.
         cpu_autocast_only (tuple, optional): ``(module, names)``: with ``amp`` on CPU,
             autocast only those submodules of ``module`` (see
             :func:`asmlp_mm.compat.autocast_inside`), as ``tools/train.py --amp`` does
@@ -180,14 +179,15 @@ class Runner:
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, amp: bool = False,
-                 num_classes: int = 1000, cpu_autocast_only: Optional[tuple] = None):
+                 cpu_autocast_only: Optional[tuple] = None):
         self.model = model
         self.inputs = inputs
         self.amp = amp
         self.device = inputs.device
         self.cpu_autocast_only = cpu_autocast_only
         generator = torch.Generator().manual_seed(0)
-        self.labels = torch.randint(0, num_classes, (inputs.shape[0], ),
+        # taken modulo the model's number of outputs by loss_of
+        self.labels = torch.randint(0, 1000, (inputs.shape[0], ),
                                     generator=generator).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9) if params else None
@@ -311,13 +311,14 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
     return wrapped
 
 
-def build_ours(drop_path_rate: float = 0.) -> nn.Module:
-    """AS-MLP-T classifier of ``configs/asmlp``, returning logits."""
+def build_ours() -> nn.Module:
+    """AS-MLP-T classifier of ``configs/asmlp``, returning logits; drop path off, as in
+    the published model, which has none."""
     from mmengine.config import Config
 
     from asmlp_mm.analysis import build_model_from_config
     cfg = Config.fromfile(TINY_CONFIG)
-    cfg.model.backbone.drop_path_rate = drop_path_rate
+    cfg.model.backbone.drop_path_rate = 0.
     cfg.model.pop('train_cfg', None)  # mixup/cutmix act in the data preprocessor only
     return TensorForward(build_model_from_config(cfg))
 
@@ -335,14 +336,14 @@ def build_published_like(ours: TensorForward) -> nn.Module:
     return published
 
 
-def build_swin(drop_path_rate: float = 0.) -> nn.Module:
-    """mmpretrain's Swin-T classifier, returning logits."""
+def build_swin() -> nn.Module:
+    """mmpretrain's Swin-T classifier, returning logits; drop path off, as in ours."""
     import mmpretrain.models  # noqa: F401  (registers the models)
     from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     cfg = dict(type='ImageClassifier',
                backbone=dict(type='SwinTransformer', arch='tiny', img_size=224,
-                             drop_path_rate=drop_path_rate),
+                             drop_path_rate=0.),
                neck=dict(type='GlobalAveragePooling'),
                head=dict(type='LinearClsHead', num_classes=1000, in_channels=768))
     with DefaultScope.overwrite_default_scope('mmpretrain'):
