@@ -206,6 +206,8 @@ def test_default_init():
     (dict(drop_path_rate=1.0), ValueError, r'drop_path_rate .*\[0, 1\).*got 1\.0'),
     (dict(drop_path_rate=-0.1), ValueError, 'drop_path_rate'),
     (dict(drop_path_rate='0.2'), ValueError, 'drop_path_rate'),
+    (dict(drop_rate=1.0), ValueError, r'drop_rate .*\[0, 1\).*got 1\.0'),  # nn.Dropout takes it
+    (dict(drop_rate=-0.1), ValueError, 'drop_rate'),
     (dict(arch='huge'), ValueError, "'base'"),
     (dict(arch=dict(embed_dims=8)), ValueError, 'depths'),
     (dict(arch=dict(embed_dims=8, depths=[1, 1])), ValueError, 'depths'),

@@ -395,6 +395,10 @@ class ASMLP(BaseModule):
         if not (isinstance(drop_path_rate, numbers.Real) and 0 <= drop_path_rate < 1):
             raise ValueError(f'drop_path_rate must be a number in [0, 1) (the chance that the '
                              f'deepest block skips a branch), got {drop_path_rate!r}')
+        if not (isinstance(drop_rate, numbers.Real) and 0 <= drop_rate < 1):
+            # nn.Dropout takes 1, which zeroes every input in training
+            raise ValueError(f'drop_rate must be a number in [0, 1) (the dropout after the '
+                             f'patch embedding and in the MLPs), got {drop_rate!r}')
         dilations = self._per_stage(dilation, 'dilation')
         check_shift_args(shift_size, 1, padding)
         for d in dilations:
