@@ -135,3 +135,23 @@ def test_a_backbone_checkpoint_as_the_whole_model_is_refused_naming_the_fix(
     assert "model.backbone.init_cfg=dict(type='Pretrained'" in out
     assert 'Traceback' not in out
     assert not list((tmp_path / 'work').rglob('*.pth'))
+
+
+@pytest.mark.parametrize('option,value,message', [
+    ('--dump-metrics', 'folder', "is a folder; give a file name"),
+    ('--out', 'results.json', 'must end with .pkl or .pickle'),
+    ('--out', 'a_file/results.pkl', 'cannot create its folder'),
+    ('--dump-metrics', 'a_file/metrics.json', 'cannot create its folder'),
+])
+def test_an_output_file_that_cannot_be_written_is_refused_before_testing(
+        tmp_path, option, value, message):
+    """--dump-metrics naming a folder failed only after the whole evaluation, with
+    IsADirectoryError; --out with mmengine's message that does not name the option."""
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'a_file').write_text('')
+    checkpoint = tmp_path / 'ckpt.pth'
+    checkpoint.write_bytes(b'')
+    out = run_failing(TEST, CLS_DEMO, checkpoint, option, value, '--work-dir',
+                      tmp_path / 'work', cwd=tmp_path)
+    assert f'{option} {value!r}' in out and message in out
+    assert 'Traceback' not in out and not (tmp_path / 'work').exists()

@@ -64,6 +64,24 @@ def warn_drawing_on_one_process(runner):
             f'tools/test.py in one process to draw every image')
 
 
+def check_output_file(path: str, option: str, suffixes=()) -> None:
+    """Refuse, before the evaluation rather than after it, an output file that cannot be
+    written: a folder, a name without one of ``suffixes``, a parent that is a file or not
+    writable. Creates the parent folder."""
+    if osp.isdir(path):
+        raise SystemExit(f'{option} {path!r} is a folder; give a file name')
+    if suffixes and not path.endswith(tuple(suffixes)):
+        raise SystemExit(f'{option} {path!r}: the file name must end with '
+                         f'{" or ".join(suffixes)}')
+    folder = osp.dirname(osp.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f'{option} {path!r}: cannot create its folder ({err.strerror})')
+    if not os.access(folder, os.W_OK):
+        raise SystemExit(f'{option} {path!r}: its folder {folder!r} is not writable')
+
+
 def enable_tta(cfg):
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
         raise SystemExit('--tta: the config defines no tta_model/tta_pipeline')
@@ -78,8 +96,10 @@ def main():
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     without_training(cfg)
-    if args.dump_metrics:  # its folder, now rather than after the evaluation
-        os.makedirs(osp.dirname(osp.abspath(args.dump_metrics)), exist_ok=True)
+    if args.dump_metrics:
+        check_output_file(args.dump_metrics, '--dump-metrics')
+    if args.out:  # mmengine's DumpResults takes these suffixes only
+        check_output_file(args.out, '--out', ('.pkl', '.pickle'))
     if args.show_dir:
         enable_drawing(cfg, args.show_dir)
     if args.tta:
