@@ -567,6 +567,12 @@ BAD_COCO = {
         'val', lambda c: [a.update(image_id=str(a['image_id'])) for a in c['annotations']],
         r"annotations \(ids 1, 2, .*\) refer to image ids that no image of the file "
         r"has \(e\.g\. '1' where the images have ids such as 1, 2\): no object would be"),
+    # mmdet skipped them and COCO evaluation left them out: AP 1.0 where it is 0.5
+    'annotations of no category': (
+        'val', edits(set_key('category_id', 22), set_key('category_id', 22, index=1)),
+        r"2 of its \d+ annotations \(ids 1, 2\) have a category_id that no category of "
+        r"the file has \(22; the categories have ids 1, 2, 3\): their objects would be "
+        r"neither trained on nor evaluated"),
     'repeated image id': ('train', set_key('id', 1, 'images', 1),
                           r'gives the same id to more than one image: ids 1; each image '
                           r'needs its own id'),

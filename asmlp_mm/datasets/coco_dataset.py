@@ -197,6 +197,24 @@ def check_annotations(coco: dict, name: str, with_masks: bool) -> None:
                 f'annotations {quote_some(ids)} {problem}' for problem, ids in bad.items())
             + f': {ANNOTATION_FORMAT}' + (MASK_FORMAT if with_masks else ''))
     check_image_references(annotations, images, name)
+    check_category_references(annotations, coco['categories'], name)
+
+
+def check_category_references(annotations: List[dict], categories: List[dict],
+                              name: str) -> None:
+    """Every annotation's ``category_id`` is the id of a category of the file: mmdet skips
+    the others as it loads them, and COCO evaluation leaves them out of the ground truth,
+    so their objects would be neither trained on nor evaluated (a higher AP), silently."""
+    ids = {category['id'] for category in categories}
+    unknown = [ann for ann in annotations if ann['category_id'] not in ids]
+    if unknown:
+        raise ValueError(
+            f'annotation file {name!r}: {len(unknown)} of its {len(annotations)} annotations '
+            f'(ids {quote_some([ann.get("id") for ann in unknown])}) have a category_id '
+            f'that no category of the file has '
+            f'({quote_some(sorted({ann["category_id"] for ann in unknown}, key=str))}; the '
+            f'categories have ids {quote_some(sorted(ids, key=str))}): their objects would '
+            f'be neither trained on nor evaluated')
 
 
 def check_image_references(annotations: List[dict], images: dict, name: str) -> None:
@@ -250,8 +268,8 @@ class CheckedCocoDataset(CocoDataset):
     it lacks ``images`` or ``categories``; if an image lacks ``id``, ``file_name``,
     ``height`` or ``width``, or two images share an id; if a class of the metainfo is not
     the name of exactly one category; if an annotation lacks ``id``, ``image_id``,
-    ``category_id``, ``bbox`` ([x, y, w, h]), ``area`` (``CocoDataset`` and COCO
-    evaluation read it) or ``iscrowd`` (0 or 1); or, when the pipeline loads masks
+    ``category_id`` (the id of a category of the file), ``bbox`` ([x, y, w, h]), ``area``
+    (``CocoDataset`` and COCO evaluation read it) or ``iscrowd`` (0 or 1); or, when the pipeline loads masks
     (``LoadAnnotations(with_mask=True)``), ``segmentation``: polygons of at least 3 points
     each, or an RLE (crowds: ``counts`` compressed or not, ``size`` that of the image).
     Without annotations (no or an empty list) training is an error; testing warns (COCO
