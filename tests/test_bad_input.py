@@ -155,7 +155,7 @@ def test_imagenet_list_files_are_read_as_by_mmpretrain(tmp_path):
 
 
 @pytest.mark.parametrize('case', ['bad line', 'class 1000', 'class -1', 'missing image',
-                                  'cut short'])
+                                  'cut short', 'listed twice, two classes'])
 def test_imagenet_bad_list_files_and_images_are_named(tmp_path, case):
     root = str(tmp_path / 'imagenet')
     lines = ['n01/a.JPEG 3', 'n01/b c.JPEG 5', 'n02/d.JPEG 7']
@@ -171,6 +171,10 @@ def test_imagenet_bad_list_files_and_images_are_named(tmp_path, case):
         error, match = ValueError, (
             rf"1 of the 3 images of list file '.*meta/val.txt' have a class index outside 0..999 "
             rf"\(the 1000 classes of CheckedImageNet\): '.*/n02/d.JPEG {case.split()[1]}'")
+    elif case == 'listed twice, two classes':  # trained on with both, wrong once in top-1
+        tiny_imagenet(root, lines + ['n01/a.JPEG 5'])
+        error, match = ValueError, (r"list file '.*meta/val.txt' lists 1 image\(s\) more "
+                                    r"than once, with different class indices: 'n01/a.JPEG 3/5'")
     elif case == 'missing image':
         tiny_imagenet(root, lines)
         os.remove(osp.join(root, 'val', 'n01', 'b c.JPEG'))
@@ -186,6 +190,16 @@ def test_imagenet_bad_list_files_and_images_are_named(tmp_path, case):
         return
     with pytest.raises(error, match=match):
         build_dataset(CLS_TINY, 'val_dataloader', data_root=root)
+
+
+def test_imagenet_image_listed_twice_with_one_class_is_a_warning(tmp_path):
+    """Oversampling by listing an image twice may be meant: kept, with a warning."""
+    root = tiny_imagenet(str(tmp_path / 'imagenet'), ['n01/a.JPEG 3', 'n01/a.JPEG 3'])
+    with pytest.warns(UserWarning, match=r"list file .* lists 1 image\(s\) more than once, "
+                      r"with the same class index, so they count more than once: "
+                      r"'n01/a.JPEG'"):
+        dataset = build_dataset(CLS_TINY, 'val_dataloader', data_root=root)
+    assert len(dataset) == 2
 
 
 # ---------------------------------------------------------------------------------------

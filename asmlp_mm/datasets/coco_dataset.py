@@ -269,10 +269,11 @@ class CheckedCocoDataset(CocoDataset):
     ``height`` or ``width``, or two images share an id; if a class of the metainfo is not
     the name of exactly one category; if an annotation lacks ``id``, ``image_id``,
     ``category_id`` (the id of a category of the file), ``bbox`` ([x, y, w, h]), ``area``
-    (``CocoDataset`` and COCO evaluation read it) or ``iscrowd`` (0 or 1); or, when the pipeline loads masks
-    (``LoadAnnotations(with_mask=True)``), ``segmentation``: polygons of at least 3 points
-    each, or an RLE (crowds: ``counts`` compressed or not, ``size`` that of the image).
-    Without annotations (no or an empty list) training is an error; testing warns (COCO
+    (``CocoDataset`` and COCO evaluation read it) or ``iscrowd`` (0 or 1); or, when the
+    pipeline loads masks (``LoadAnnotations(with_mask=True)``), ``segmentation``: polygons
+    of at least 3 points each, or an RLE (crowds: ``counts`` compressed or not, ``size``
+    that of the image). Without annotations (no or an empty list) training is an error;
+    testing warns (COCO
     evaluation gives -1; fine for test-dev with ``format_only``). mmdet would fail later
     (a ``KeyError`` or an ``IndexError`` in the metric, often after inference) or go on
     silently (an image lost to a duplicated id). These checks take about 3 s for a file

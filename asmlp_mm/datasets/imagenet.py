@@ -3,6 +3,8 @@
 Importing this module registers :class:`CheckedImageNet` in mmpretrain's DATASETS; the
 ImageNet-1K configs import it (``custom_imports``) and use it as their dataset type.
 """
+import warnings
+from collections import defaultdict
 from typing import List
 
 from mmcv.transforms import LoadImageFromFile
@@ -32,7 +34,11 @@ class CheckedImageNet(ImageNet):
       mmpretrain would fail in mixup's one-hot encoding or in the loss, naming nothing;
     - ``FileNotFoundError`` naming the first missing images, their number, the list file
       and the folder, for listed images that do not exist (mmpretrain would fail when the
-      sample comes up, hours into training).
+      sample comes up, hours into training);
+    - ``ValueError`` naming the list file and the first images, for an image listed twice
+      with two class indices (it would be trained on with both, and counted wrong once in
+      the accuracy). An image listed twice with the same index is a warning: it counts
+      twice, which may be meant (oversampling).
 
     A JPEG image cut short (OpenCV decodes it with the missing part gray) raises
     ``ValueError`` naming it when it is loaded (files on a local disk).
@@ -61,6 +67,7 @@ class CheckedImageNet(ImageNet):
             raise
         if self.with_label:
             self._check_labels(data_list)
+            self._check_repeats(data_list)
         if self.check_files:
             self._check_images_exist(data_list)
         return data_list
@@ -87,6 +94,27 @@ class CheckedImageNet(ImageNet):
                 f'outside 0..{num_classes - 1} (the {num_classes} classes of '
                 f'{type(self).__name__}): ' +
                 quote_some(f'{info["img_path"]} {info["gt_label"]}' for info in bad))
+
+    def _check_repeats(self, data_list: List[dict]) -> None:
+        labels = defaultdict(list)
+        for info in data_list:
+            labels[info['img_path']].append(info['gt_label'])
+        repeated = {path: found for path, found in labels.items() if len(found) > 1}
+        if not repeated:
+            return
+        where = f'list file {self.ann_file!r}' if self.ann_file else 'the image folders'
+        conflicting = {path: found for path, found in repeated.items()
+                       if len(set(found)) > 1}
+        if conflicting:
+            raise ValueError(
+                f'{where} lists {len(conflicting)} image(s) more than once, with different '
+                f'class indices: ' + quote_some(
+                    f'{relative_names([path], self.img_prefix)[0]} '
+                    f'{"/".join(map(str, sorted(set(found))))}'
+                    for path, found in conflicting.items()))
+        warnings.warn(f'{where} lists {len(repeated)} image(s) more than once, with the '
+                      f'same class index, so they count more than once: ' +
+                      quote_some(relative_names(list(repeated), self.img_prefix)))
 
     def _check_images_exist(self, data_list: List[dict]) -> None:
         paths = [info['img_path'] for info in data_list]
