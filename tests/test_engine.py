@@ -239,3 +239,59 @@ def test_fits_hook_for_fine_tuning_refuses_only_a_checkpoint_of_which_nothing_lo
                        r"weights of the model's 'backbone' only; load them into it with "
                        r"model.backbone.init_cfg="):
         CheckpointFitsHook(exact=False).after_load_checkpoint(runner, {'state_dict': bare})
+
+
+DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
+SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
+
+
+def built(config, **options):
+    from mmengine.config import Config
+
+    from asmlp_mm.analysis import build_model_from_config
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(options)
+    return build_model_from_config(cfg)
+
+
+def test_model_fits_hook_names_heads_made_for_other_backbone_strides_and_channels():
+    """patch_size=8 under heads made for stride 4 trained and evaluated without a word,
+    with anchors over a quarter of the image; other channels failed at the first step
+    with a shape error naming no config entry."""
+    from asmlp_mm.engine.fits import backbone_fit_problems
+    assert backbone_fit_problems(built(DET_DEMO)) == []
+    assert backbone_fit_problems(built(SEG_DEMO)) == []
+    problems = backbone_fit_problems(built(DET_DEMO, **{'model.backbone.patch_size': 8}))
+    assert problems[0] == ('model.rpn_head.anchor_generator.strides begin with [4, 8, 16, '
+                           '32], where the neck levels have strides [8, 16, 32, 64]: the '
+                           'anchors would not cover the image')
+    assert ('model.roi_head.mask_roi_extractor.2.featmap_strides is [4, 8, 16, 32], where '
+            'the neck levels have strides [8, 16, 32, 64]') in problems
+    assert 'at strides [8, 16, 32, 64]: arch, out_indices and patch_size' in problems[-1]
+    problems = backbone_fit_problems(built(DET_DEMO, **{'model.backbone.out_indices': (1, 2, 3)}))
+    assert problems[0] == 'model.neck.in_channels is [16, 32, 64, 128]'
+    wide = {'model.backbone.arch.embed_dims': 32}
+    assert backbone_fit_problems(built(SEG_DEMO, **wide))[:2] == [
+        'model.decode_head.in_channels is [16, 32, 64, 128], but its inputs (in_index [0, 1, '
+        '2, 3]) have [32, 64, 128, 256] channels',
+        'model.auxiliary_head.in_channels is 64, but its inputs (in_index 2) have 128 '
+        'channels']
+
+
+def test_model_fits_hook_names_heads_of_another_class_count(tmp_path):
+    """A head of 80 classes on a 3-class dataset trained a whole epoch, then failed in
+    the metric with an IndexError; too few classes failed inside the loss."""
+    from types import SimpleNamespace
+
+    from asmlp_mm.engine import ConfigMismatchError, ModelFitsHook
+    model = built(DET_DEMO, **{'model.roi_head.bbox_head.1.num_classes': 80})
+    loader = SimpleNamespace(dataset=SimpleNamespace(
+        metainfo=dict(classes=('square', 'circle', 'triangle'))))
+    runner = SimpleNamespace(model=model, train_dataloader=loader, test_dataloader=loader)
+    with pytest.raises(ConfigMismatchError, match=r"model.roi_head.bbox_head.1.num_classes "
+                       r"is 80, but the dataset of train_dataloader has 3 classes \(square, "
+                       r"circle, triangle\)$"):
+        ModelFitsHook().before_train(runner)
+    ModelFitsHook().before_run(runner)  # the backbone fits its heads
+    runner.model = built(DET_DEMO)
+    ModelFitsHook().before_test(runner)  # RPN's single class is not a mismatch

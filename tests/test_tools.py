@@ -155,3 +155,12 @@ def test_an_output_file_that_cannot_be_written_is_refused_before_testing(
                       tmp_path / 'work', cwd=tmp_path)
     assert f'{option} {value!r}' in out and message in out
     assert 'Traceback' not in out and not (tmp_path / 'work').exists()
+
+
+def test_a_head_of_another_class_count_is_refused_before_training(tmp_path, data_options):
+    """ModelFitsHook, registered by tools/train.py and test.py (see test_engine.py)."""
+    out = run_failing(TRAIN, CLS_DEMO, '--work-dir', tmp_path / 'work', *data_options,
+                      'model.head.num_classes=4', cwd=tmp_path)
+    assert ('the config does not fit together:\n  model.head.num_classes is 4, but the '
+            'dataset of train_dataloader has 3 classes (circle, square, triangle)') in out
+    assert 'Traceback' not in out and not list((tmp_path / 'work').rglob('*.pth'))

@@ -151,14 +151,17 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     first (``CheckpointFitsHook``): one that is broken or of another model ends the program
     with a message naming the file and the mismatched keys, instead of a half-loaded model
     or a failure deep inside the optimizer state. Without ``exact_checkpoint`` (training
-    that starts from ``load_from``), only one of which no weight fits is refused.
+    that starts from ``load_from``), only one of which no weight fits is refused. A model
+    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise.
     """
     from asmlp_mm.compat import CheckpointError
-    from asmlp_mm.engine import CheckpointFitsHook, CheckpointMismatchError
+    from asmlp_mm.engine import (CheckpointFitsHook, CheckpointMismatchError,
+                                 ConfigMismatchError, ModelFitsHook)
     runner.register_hook(CheckpointFitsHook(exact=exact_checkpoint), priority='VERY_HIGH')
+    runner.register_hook(ModelFitsHook(), priority='VERY_HIGH')
     try:
         return run()
-    except (CheckpointError, CheckpointMismatchError) as err:
+    except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:
         raise SystemExit(str(err))
     finally:
         shutdown_distributed()
