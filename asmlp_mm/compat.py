@@ -268,9 +268,11 @@ class GlooSyncBatchNorm(_BatchNorm):
 
     torch's SyncBatchNorm raises for CPU inputs, and DDP refuses any SyncBatchNorm
     subclass on CPU, so this is a plain batch norm whose training statistics are computed
-    over all processes with a differentiable all-reduce of per-channel sums. It replaces
-    ``nn.SyncBatchNorm`` layers in place (see :class:`CPUDistributedDataParallel`). Remove
-    when torch supports CPU SyncBatchNorm.
+    over all processes with a differentiable all-reduce of per-channel sums, in float32
+    whatever the input's dtype (under bfloat16 autocast, ``--amp`` on CPU, E[x^2] - E[x]^2
+    in bfloat16 cancels to 0 for inputs far from zero), and the output has the input's
+    dtype. It replaces ``nn.SyncBatchNorm`` layers in place (see
+    :class:`CPUDistributedDataParallel`). Remove when torch supports CPU SyncBatchNorm.
     """
 
     def _check_input_dim(self, x):
@@ -284,6 +286,7 @@ class GlooSyncBatchNorm(_BatchNorm):
                 or dist.get_world_size(group) < 2:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
+        dtype, x = x.dtype, x.float()
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         count = x.new_full((1, ), x.numel() / channels)
@@ -304,7 +307,7 @@ class GlooSyncBatchNorm(_BatchNorm):
         out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        return out.to(dtype)
 
 
 @MODEL_WRAPPERS.register_module()
@@ -371,14 +374,35 @@ def adapt_to_device(cfg):
     mmengine 0.10.7 calls ``torch.cuda.set_device`` when it initializes a 'pytorch'
     launch, defaults to the nccl backend, and wraps the model with CUDA ``device_ids``.
     Without CUDA this initializes the gloo process group itself (the runner then skips its
-    own initialization) and selects :class:`CPUDistributedDataParallel`.
+    own initialization), with the other entries of ``env_cfg.dist_cfg`` (``timeout`` in
+    seconds, as mmengine takes it), and wraps the model in
+    :class:`CPUDistributedDataParallel`: as mmengine's default wrapper
+    (``broadcast_buffers=False``, the config's ``find_unused_parameters``, which mmengine
+    reads only when it builds that wrapper itself), or the config's ``model_wrapper_cfg``
+    with :class:`MMDistributedDataParallel` replaced. The 'slurm' and 'mpi' launchers,
+    which mmengine starts on CUDA devices only, are refused (``ValueError``).
     """
     if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
         return
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'--launcher {cfg.launcher} needs CUDA (mmengine sets a CUDA '
+                         f'device for it); on CPU, start the processes with --launcher '
+                         f'pytorch (tools/dist_train.sh, tools/dist_test.sh)')
+    import datetime
+
     import torch.distributed as dist
     env_cfg = cfg.setdefault('env_cfg', {})
-    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    if cfg.launcher == 'pytorch' and not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
-    if cfg.get('model_wrapper_cfg') is None:
-        cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel')
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    if not dist.is_initialized():
+        options = {k: v for k, v in dist_cfg.items() if k not in ('backend', 'init_backend')}
+        if options.get('timeout') is not None:
+            options['timeout'] = datetime.timedelta(seconds=options['timeout'])
+        dist.init_process_group(backend='gloo', **options)
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='CPUDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    elif wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+        wrapper['type'] = 'CPUDistributedDataParallel'

@@ -57,6 +57,64 @@ def test_gloo_sync_batchnorm_equals_batchnorm_on_the_whole_batch():
     torch.testing.assert_close(results[0][4], bn.running_var)
 
 
+def _sync_bn_bf16_worker(rank, port, x, results):
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=2)
+    bn = torch.nn.SyncBatchNorm(x.shape[1])
+    bn.__class__ = GlooSyncBatchNorm
+    out = bn(x.chunk(2)[rank].bfloat16())  # what bf16 autocast (--amp on CPU) gives it
+    results[rank] = (out.dtype, bn.running_mean.clone(), bn.running_var.clone())
+    dist.destroy_process_group()
+
+
+def test_gloo_sync_batchnorm_keeps_float32_statistics_of_bfloat16_inputs():
+    """`dist_train.sh SEG_CONFIG 2 --amp` failed in the running mean's update (a bfloat16
+    mean into a float32 buffer); in bfloat16, E[x^2] - E[x]^2 cancels to 0 for inputs
+    of mean 50 and standard deviation 1."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 5) + 50
+    results = mp.Manager().dict()
+    mp.spawn(_sync_bn_bf16_worker, args=(free_port(), x, results), nprocs=2)
+    bn = torch.nn.BatchNorm2d(3)
+    bn(x.bfloat16().float())  # the same inputs, rounded as the ranks got them
+    assert results[0][0] == torch.bfloat16
+    torch.testing.assert_close(results[0][1], bn.running_mean)
+    torch.testing.assert_close(results[0][2], bn.running_var, rtol=1e-3, atol=1e-4)
+    assert results[0][2].min() > 0.05  # 0.1 x the variance of about 1, not 0.1 x 0 + 0.9
+
+
+@pytest.mark.parametrize('given,wrapper', [
+    ({}, dict(type='CPUDistributedDataParallel', broadcast_buffers=False,
+              find_unused_parameters=False)),
+    ({'find_unused_parameters': True}, dict(type='CPUDistributedDataParallel',
+                                            broadcast_buffers=False,
+                                            find_unused_parameters=True)),
+    ({'model_wrapper_cfg': dict(type='MMDistributedDataParallel', find_unused_parameters=True)},
+     dict(type='CPUDistributedDataParallel', find_unused_parameters=True)),
+])
+def test_cpu_launch_keeps_the_configs_ddp_and_process_group_settings(monkeypatch, given,
+                                                                     wrapper):
+    """On CPU the config's find_unused_parameters was ignored (mmengine reads it only when
+    it builds the wrapper itself), a config's MMDistributedDataParallel failed on CUDA
+    device ids, and dist_cfg.timeout was not applied to the gloo group."""
+    import datetime
+
+    from mmengine.config import Config
+
+    from asmlp_mm import compat
+    started = {}
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(dist, 'init_process_group', lambda **kwargs: started.update(kwargs))
+    dist_cfg = dict(backend='nccl', timeout=7200)
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dist_cfg), **given))
+    compat.adapt_to_device(cfg)
+    assert started == dict(backend='gloo', timeout=datetime.timedelta(seconds=7200))
+    assert cfg.model_wrapper_cfg == wrapper
+    with pytest.raises(ValueError, match='--launcher slurm needs CUDA.*--launcher pytorch'):
+        compat.adapt_to_device(Config(dict(launcher='slurm')))
+
+
 def launch(script, *args, cwd):
     """Run a launcher script in ``cwd`` (mmengine's result collection writes a
     ``.dist_test`` folder into the working folder)."""

@@ -46,7 +46,10 @@ def load_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    compat.adapt_to_device(cfg)
+    try:
+        compat.adapt_to_device(cfg)
+    except ValueError as err:  # a launcher that needs CUDA
+        raise SystemExit(str(err))
     keep_memory_on_cpu()
     return cfg
 
