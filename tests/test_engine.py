@@ -295,3 +295,26 @@ def test_model_fits_hook_names_heads_of_another_class_count(tmp_path):
     ModelFitsHook().before_run(runner)  # the backbone fits its heads
     runner.model = built(DET_DEMO)
     ModelFitsHook().before_test(runner)  # RPN's single class is not a mismatch
+
+
+def test_resuming_with_another_number_of_processes_warns():
+    """A 2-process checkpoint resumed in 1 process trained with half the total batch at
+    the 2-process learning rate (also with --auto-scale-lr), without a word."""
+    from types import SimpleNamespace
+
+    from asmlp_mm.engine import ProcessCountHook
+    warned = []
+    runner = SimpleNamespace(_resume=True, logger=SimpleNamespace(warning=warned.append))
+    checkpoint = {}
+    ProcessCountHook().before_save_checkpoint(runner, checkpoint)
+    assert checkpoint['meta']['world_size'] == 1  # this process, no process group
+    ProcessCountHook().after_load_checkpoint(runner, checkpoint)
+    assert warned == []
+    checkpoint['meta']['world_size'] = 2
+    ProcessCountHook().after_load_checkpoint(runner, checkpoint)
+    assert len(warned) == 1 and warned[0].startswith(
+        'resuming a checkpoint of a run of 2 process(es) with 1: the total batch changes '
+        'by 1/2, but the learning rate stays')
+    runner._resume = False  # load_from: a new run, with its own learning rate
+    ProcessCountHook().after_load_checkpoint(runner, checkpoint)
+    assert len(warned) == 1

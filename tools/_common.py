@@ -155,13 +155,15 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     with a message naming the file and the mismatched keys, instead of a half-loaded model
     or a failure deep inside the optimizer state. Without ``exact_checkpoint`` (training
     that starts from ``load_from``), only one of which no weight fits is refused. A model
-    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise.
+    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise;
+    resuming with another number of processes is a warning (``ProcessCountHook``).
     """
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import (CheckpointFitsHook, CheckpointMismatchError,
-                                 ConfigMismatchError, ModelFitsHook)
+                                 ConfigMismatchError, ModelFitsHook, ProcessCountHook)
     runner.register_hook(CheckpointFitsHook(exact=exact_checkpoint), priority='VERY_HIGH')
     runner.register_hook(ModelFitsHook(), priority='VERY_HIGH')
+    runner.register_hook(ProcessCountHook())
     try:
         return run()
     except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:

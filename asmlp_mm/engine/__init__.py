@@ -1,5 +1,5 @@
 from .checkpoint import (AtomicLocalBackend, CheckpointFitsHook, CheckpointMismatchError,
-                         describe_mismatches, find_resumable_checkpoint,
+                         ProcessCountHook, describe_mismatches, find_resumable_checkpoint,
                          load_fitting_weights, state_dict_mismatches,
                          use_atomic_local_writes)
 from .fits import ConfigMismatchError, ModelFitsHook
@@ -8,7 +8,7 @@ from .memory import keep_freed_memory
 
 __all__ = [
     'AtomicLocalBackend', 'CheckpointFitsHook', 'CheckpointMismatchError',
-    'ConfigMismatchError', 'ModelFitsHook',
+    'ConfigMismatchError', 'ModelFitsHook', 'ProcessCountHook',
     'describe_mismatches', 'find_resumable_checkpoint', 'load_fitting_weights',
     'state_dict_mismatches', 'use_atomic_local_writes', 'ReseedingEpochBasedTrainLoop',
     'ReseedingIterBasedTrainLoop', 'reseed', 'keep_freed_memory'

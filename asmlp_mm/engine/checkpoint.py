@@ -260,3 +260,30 @@ class CheckpointFitsHook(Hook):
             raise CheckpointMismatchError(describe_mismatches(
                 source, problems, what + ' (not one of its weights would load)',
                 hint=prefix_hint(model_state, state)))
+
+
+class ProcessCountHook(Hook):
+    """Records the number of processes in each checkpoint (``meta['world_size']``) and
+    warns when a run resumes with another number.
+
+    The total batch is the batch per process times the processes; resuming restores the
+    optimizer's learning rate from the checkpoint, after ``--auto-scale-lr`` has scaled
+    the config's, so a run resumed with other processes trains with another batch at the
+    old learning rate. mmengine's own check of this compares ``cfg.gpu_ids``, which the
+    tools of this repository (and mmengine's launchers) never set.
+    """
+
+    def before_save_checkpoint(self, runner, checkpoint) -> None:
+        from mmengine.dist import get_world_size
+        checkpoint.setdefault('meta', {})['world_size'] = get_world_size()
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        from mmengine.dist import get_world_size
+        saved = (checkpoint.get('meta') or {}).get('world_size')
+        now = get_world_size()
+        if getattr(runner, '_resume', False) and saved is not None and saved != now:
+            runner.logger.warning(
+                f'resuming a checkpoint of a run of {saved} process(es) with {now}: the '
+                f'total batch changes by {now}/{saved}, but the learning rate stays the '
+                f'checkpoint\'s (resuming restores it; --auto-scale-lr does not rescale it '
+                f'then). Resume with {saved} process(es) to continue the same run.')
