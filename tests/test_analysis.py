@@ -136,6 +136,10 @@ def test_command_line_single_config_and_errors(tmp_path, capsys):
     assert flops == pytest.approx(4.4 * (64 / 224)**2, rel=0.05)
     with pytest.raises(SystemExit, match='does not exist'):
         get_flops.main([str(tmp_path / 'missing.py')])
+    # a variable of the config file, put in place when it was read: it would change nothing
+    with pytest.raises(SystemExit, match="--cfg-options dataset_type: 'dataset_type' is a "
+                                         "variable of .*setting it changes nothing"):
+        get_flops.main([CLS_TINY, '--cfg-options', 'dataset_type=CustomDataset'])
 
 
 # ----------------------------------------------------------------------- receptive field

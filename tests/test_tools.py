@@ -65,13 +65,13 @@ def test_a_variable_of_the_config_file_is_refused_naming_what_holds_its_value(
 
 
 def test_runner_entries_missing_from_the_config_are_accepted():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from _common import check_new_top_level_keys
     from mmengine.config import Config
+
+    from asmlp_mm.engine.options import check_cfg_options
     cfg = Config.fromfile(CLS_DEMO)
     assert 'find_unused_parameters' not in cfg and 'experiment_name' not in cfg
-    check_new_top_level_keys(cfg, {'find_unused_parameters': True, 'experiment_name': 'x',
-                                   'train_dataloader.batch_size': 2}, CLS_DEMO)
+    check_cfg_options(cfg, {'find_unused_parameters': True, 'experiment_name': 'x',
+                            'train_dataloader.batch_size': 2}, CLS_DEMO)
 
 
 def test_auto_scale_lr_without_a_base_batch_size_is_refused(tmp_path):

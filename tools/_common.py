@@ -4,8 +4,6 @@ The config's ``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') decides which 
 builds the model, datasets and metrics; nothing here depends on the task.
 """
 import argparse
-import difflib
-import inspect
 import logging
 import os
 import os.path as osp
@@ -16,6 +14,7 @@ from mmengine.config import Config, DictAction
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import asmlp_mm  # noqa: E402,F401  registers ASMLP and applies the compat fixes
 from asmlp_mm import compat  # noqa: E402
+from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 
 
 def add_common_args(parser: argparse.ArgumentParser):
@@ -36,9 +35,10 @@ def load_config(args) -> Config:
     if not osp.isfile(args.config):
         raise SystemExit(f'config file {args.config!r} does not exist')
     cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        check_new_top_level_keys(cfg, args.cfg_options, args.config)
-        cfg.merge_from_dict(args.cfg_options)
+    try:
+        merge_cfg_options(cfg, args.cfg_options, args.config)
+    except CfgOptionsError as err:
+        raise SystemExit(str(err))
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -52,71 +52,6 @@ def load_config(args) -> Config:
         raise SystemExit(str(err))
     keep_memory_on_cpu()
     return cfg
-
-
-# top-level entries the runner (or tools/test.py) reads besides its own arguments
-READ_FROM_CFG = {'model_wrapper_cfg', 'sync_bn', 'find_unused_parameters', 'compile',
-                 'tta_model', 'tta_pipeline'}
-
-
-def check_new_top_level_keys(cfg: Config, options: dict, config_path: str) -> None:
-    """Refuse a ``--cfg-options`` entry whose top-level key nothing reads.
-
-    - A new key (``test_dataloder.batch_size=1``) would be added to the config and then
-      ignored, silently: refused, naming the closest key.
-    - A variable of the config file (``pretrained``, ``data_root``, ``crop_size``) was
-      substituted where the file uses it when the file was read: setting it changes nothing
-      (a detector then loads the default pretrained file, not the given one). Refused,
-      naming the entries that hold its value.
-
-    The runner's arguments and the few entries the runner and tools/test.py read from the
-    config are accepted.
-    """
-    from mmengine.runner import Runner
-    read = set(inspect.signature(Runner.__init__).parameters) - {'self'} | READ_FROM_CFG
-    for key in dict.fromkeys(option.split('.')[0] for option in options):
-        if key in read:
-            continue
-        if key not in cfg:
-            close = difflib.get_close_matches(key, sorted(set(cfg.keys()) | read), n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise SystemExit(
-                f'--cfg-options {key}: {config_path} has no entry {key!r} and the runner '
-                f'reads none{hint}; set new entries in a config that inherits this one')
-        uses = entries_holding({k: v for k, v in cfg.items() if k in read}, cfg[key])
-        where = (f': {", ".join(uses[:6])}{" and more" if len(uses) > 6 else ""}' if uses
-                 else f' (see where the file uses {key})')
-        raise SystemExit(
-            f'--cfg-options {key}: {key!r} is a variable of {config_path}: its value was put '
-            f'where the file uses it when the file was read, and nothing reads it after, so '
-            f'setting it changes nothing. Set the entries that hold its value instead{where}')
-
-
-def entries_holding(entries: dict, value) -> list:
-    """Dotted keys of the items of ``entries`` (nested dicts and lists) that hold ``value``,
-    or for a string (a path such as ``data_root``), a string that starts with it. Empty for
-    numbers, booleans and None, which many unrelated entries share."""
-    if value is None or isinstance(value, (bool, int, float)) or value == '':
-        return []
-
-    def holds(item):
-        if isinstance(value, str):
-            return isinstance(item, str) and item.startswith(value)
-        return item == value
-
-    found = []
-
-    def walk(item, path):
-        if path and holds(item):
-            found.append(path)
-            return
-        children = item.items() if isinstance(item, dict) else (
-            enumerate(item) if isinstance(item, (list, tuple)) else ())
-        for name, child in children:
-            walk(child, f'{path}.{name}' if path else str(name))
-
-    walk(entries, '')
-    return found
 
 
 def keep_memory_on_cpu():

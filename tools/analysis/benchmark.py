@@ -290,11 +290,10 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
 
     from asmlp_mm.analysis import build_model_from_config
     from asmlp_mm.compat import cpu_autocast_modules
+    from asmlp_mm.engine.options import merge_cfg_options
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = merge_cfg_options(Config.fromfile(config), cfg_options, config)
     model = revert_sync_batchnorm(build_model_from_config(cfg))
     if part == 'backbone':
         if not hasattr(model, 'backbone'):

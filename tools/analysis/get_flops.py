@@ -40,6 +40,7 @@ from mmengine.model import revert_sync_batchnorm  # noqa: E402
 
 from asmlp_mm import paper  # noqa: E402
 from asmlp_mm.analysis import build_model_from_config, count_flops, count_params  # noqa
+from asmlp_mm.engine.options import merge_cfg_options  # noqa: E402
 
 # input (H, W) when neither --shape nor the zoo gives one
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
@@ -82,10 +83,7 @@ def make_data_sample(scope: str, height: int, width: int):
 def load_config(config: str, cfg_options: Optional[dict] = None) -> Config:
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+    return merge_cfg_options(Config.fromfile(config), cfg_options, config)
 
 
 def build_for_analysis(cfg: Config) -> nn.Module:

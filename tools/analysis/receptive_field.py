@@ -37,6 +37,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 
 from asmlp_mm.analysis import build_model_from_config  # noqa: E402
 from asmlp_mm.compat import CheckpointError  # noqa: E402
+from asmlp_mm.engine.options import merge_cfg_options  # noqa: E402
 
 DEFAULT_ASMLP = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 
@@ -65,8 +66,7 @@ def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
         except ValueError:
             raise ValueError(f'{spec!r} is neither a config file nor an mmpretrain model '
                              f'name (see mmpretrain.list_models())') from None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    merge_cfg_options(cfg, cfg_options, spec)
     if 'backbone' not in cfg.get('model', {}):
         raise ValueError(f'{spec}: the model has no backbone')
     return cfg
