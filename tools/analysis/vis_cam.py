@@ -38,6 +38,7 @@ def check_classifier_checkpoint(argv) -> None:
     from asmlp_mm.analysis import build_model_from_config
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
+    from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('img')
     parser.add_argument('config')
@@ -47,9 +48,10 @@ def check_classifier_checkpoint(argv) -> None:
     for path in (args.config, args.checkpoint):
         if not osp.isfile(path):
             raise SystemExit(f'error: {path!r} does not exist')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    try:
+        cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options, args.config)
+    except CfgOptionsError as err:
+        raise SystemExit(f'error: {err}')
     if cfg.get('default_scope') != 'mmpretrain':
         raise SystemExit(f'error: {args.config} is not a classification (mmpretrain) config; '
                          'CAMs are drawn for the classes of a classifier')

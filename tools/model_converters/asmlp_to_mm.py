@@ -44,6 +44,7 @@ if ROOT not in sys.path:
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from asmlp_mm.analysis import build_model_from_config  # noqa: E402
+from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 from asmlp_mm.models import ASMLP  # noqa: E402
 from asmlp_mm.models.published import published_key_to_ours  # noqa: E402
 
@@ -284,9 +285,7 @@ def build_target(task: str, arch: dict, converted: dict, state: dict,
                        'pass --config to check the neck and heads too)'), True
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = merge_cfg_options(Config.fromfile(config), cfg_options, config)
     if fitted and task == 'cls':
         fit_config_to_checkpoint(cfg, arch, converted)
     if 'backbone' not in cfg.model or cfg.model.backbone.get('type') != 'ASMLP':
@@ -418,7 +417,7 @@ def main(argv=None):
     try:
         convert(args.src, args.dst, args.task, args.config, args.cfg_options,
                 args.drop_unmapped, args.unsafe_load)
-    except (ConversionError, FileNotFoundError) as err:
+    except (ConversionError, FileNotFoundError, CfgOptionsError) as err:
         raise SystemExit(f'error: {err}')
 
 
