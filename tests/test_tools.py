@@ -72,6 +72,13 @@ def test_runner_entries_missing_from_the_config_are_accepted():
     assert 'find_unused_parameters' not in cfg and 'experiment_name' not in cfg
     check_cfg_options(cfg, {'find_unused_parameters': True, 'experiment_name': 'x',
                             'train_dataloader.batch_size': 2}, CLS_DEMO)
+    # the runner puts the top-level data_preprocessor into a model that has none ...
+    check_cfg_options(cfg, {'data_preprocessor.num_classes': 3}, CLS_DEMO)
+    # ... and ignores it where the model has its own (mmseg's configs, mmdet's)
+    with pytest.raises(ValueError, match='the model of .* has its own, which the runner '
+                                         'keeps.*Set model.data_preprocessor instead'):
+        check_cfg_options(Config.fromfile(MASK_RCNN_T), {'data_preprocessor.pad_size_divisor':
+                                                         64}, MASK_RCNN_T)
 
 
 def test_auto_scale_lr_without_a_base_batch_size_is_refused(tmp_path):

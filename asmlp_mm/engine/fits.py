@@ -11,8 +11,8 @@ stride 4 trains and evaluates with anchors that cover a quarter of the image.
 from typing import List, Optional, Sequence
 
 from mmengine.hooks import Hook
-from torch import nn
 from mmengine.model import BaseTTAModel, is_model_wrapper
+from torch import nn
 
 from ..models import ASMLP
 

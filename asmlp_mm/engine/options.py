@@ -39,11 +39,20 @@ def check_cfg_options(cfg: Config, options: dict, config_path: str) -> None:
       naming the entries that hold its value.
 
     The runner's arguments and the few entries the runner and tools/test.py read from the
-    config are accepted. Raises :class:`CfgOptionsError`.
+    config are accepted (``data_preprocessor`` only where the model has none: mmseg's
+    configs write theirs into the model). Raises :class:`CfgOptionsError`.
     """
     from mmengine.runner import Runner
     read = set(inspect.signature(Runner.__init__).parameters) - {'self'} | READ_FROM_CFG
+    model_has_one = isinstance(cfg.get('model'), dict) and \
+        cfg.model.get('data_preprocessor') is not None
     for key in dict.fromkeys(option.split('.')[0] for option in options):
+        if key == 'data_preprocessor' and model_has_one:
+            raise CfgOptionsError(
+                f'--cfg-options data_preprocessor: the model of {config_path} has its own, '
+                f'which the runner keeps (it uses the top-level one only for a model '
+                f'without one), so setting it changes nothing. Set model.data_preprocessor '
+                f'instead')
         if key in read:
             continue
         if key not in cfg:
