@@ -182,6 +182,12 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose weights do not fit the model it is loaded into."""
 
 
+def unwrap(model):
+    """The model of the config inside DDP and test-time-augmentation wrappers."""
+    model = model.module if is_model_wrapper(model) else model
+    return model.module if isinstance(model, BaseTTAModel) else model
+
+
 def checkpoint_state_dict(checkpoint, source: str, prefix: str = '') -> dict:
     """The weights of a loaded checkpoint (``module.`` dropped), those under ``prefix``
     with the prefix removed when one is given."""
@@ -244,9 +250,7 @@ class CheckpointFitsHook(Hook):
         self.exact = exact
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        if isinstance(model, BaseTTAModel):  # test-time aug wraps the model of the config
-            model = model.module
+        model = unwrap(runner.model)
         source = runner.cfg.get('load_from')
         what = f'the model of this config ({type(model).__name__})'
         state = checkpoint_state_dict(checkpoint, source)

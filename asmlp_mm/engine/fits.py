@@ -11,20 +11,14 @@ stride 4 trains and evaluates with anchors that cover a quarter of the image.
 from typing import List, Optional, Sequence
 
 from mmengine.hooks import Hook
-from mmengine.model import BaseTTAModel, is_model_wrapper
 from torch import nn
 
 from ..models import ASMLP
+from .checkpoint import unwrap
 
 
 class ConfigMismatchError(ValueError):
     """Parts of a config that do not fit together."""
-
-
-def unwrap(model):
-    """The model of the config inside DDP and test-time-augmentation wrappers."""
-    model = model.module if is_model_wrapper(model) else model
-    return model.module if isinstance(model, BaseTTAModel) else model
 
 
 def class_count_problems(model, classes: Optional[Sequence[str]], loader: str) -> List[str]:
