@@ -44,6 +44,7 @@ def test_output_shapes_and_strides(size):
     for i, out in enumerate(outs):
         stride = 4 * 2**i
         assert out.shape == (1, 8 * 2**i, -(-h // stride), -(-w // stride))
+        assert (model.strides[i], model.num_features[i]) == (stride, out.shape[1])
 
 
 def test_arch_presets_widths():

@@ -53,7 +53,7 @@ def backbone_fit_problems(model) -> List[str]:
     if not isinstance(backbone, ASMLP):
         return []
     channels = [backbone.num_features[i] for i in backbone.out_indices]
-    strides = [backbone.patch_embed.patch_size * 2**i for i in backbone.out_indices]
+    strides = [backbone.strides[i] for i in backbone.out_indices]
     problems = []
     neck = getattr(model, 'neck', None)
     neck_in = getattr(neck, 'in_channels', None)

@@ -414,6 +414,8 @@ class ASMLP(BaseModule):
 
         self.embed_dims = embed_dims
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
+        #: stride of each stage's output (the patch embedding's, doubled by each merging)
+        self.strides = [patch_size * 2**i for i in range(self.num_stages)]
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size, norm_cfg)
         check_norm_layer(self.patch_embed.norm, norm_cfg)
         self.drop_after_embed = nn.Dropout(drop_rate)
