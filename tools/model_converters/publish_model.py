@@ -57,7 +57,7 @@ def publish(in_file: str, out_file: str) -> str:
         raise SystemExit(f'{out_file!r} is a folder; give the file name to write')
     try:
         kept, dropped = published(load_local_checkpoint(in_file, map_location='cpu'), in_file)
-    except (CheckpointError, FileNotFoundError) as err:
+    except CheckpointError as err:  # also a missing file (CheckpointNotFoundError)
         raise SystemExit(str(err))
     buffer = io.BytesIO()
     torch.save(kept, buffer)
