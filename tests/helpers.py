@@ -1,5 +1,6 @@
 """Helpers of the tests: running the tools (train.py, test.py, the dist scripts) in
-subprocesses, and random model weights. pytest puts this folder on ``sys.path``:
+subprocesses, random model weights, and this process's memory mappings. pytest puts this
+folder on ``sys.path``:
 ``from helpers import run_tool``."""
 import os
 import os.path as osp
@@ -52,3 +53,17 @@ def randomize(model):
         for p in model.parameters():
             p.normal_(0, 0.3)
     return model
+
+
+def vma_flags(address: int) -> list:
+    """The ``VmFlags`` of the mapping of this process that holds ``address``."""
+    with open('/proc/self/smaps') as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if '-' in head and not head.endswith(':'):
+                start, end = (int(a, 16) for a in head.split('-'))
+                inside = start <= address < end
+            elif inside and head == 'VmFlags:':
+                return line.split()[1:]
+    raise AssertionError(f'no mapping holds {address:#x}')

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel
+from helpers import vma_flags
 
 
 @pytest.fixture(autouse=True)
@@ -198,3 +199,78 @@ def test_first_shifts_in_threads_build_and_load_once(tmp_path):
     assert result.stdout.split() == ['shifted']
     assert 'Warning' not in result.stderr and 'could not build' not in result.stderr, \
         result.stderr[-3000:]
+
+
+def test_thp_mode_and_switch(tmp_path, monkeypatch):
+    """huge_pages() follows the system's THP mode and ASMLP_MM_HUGE_PAGES."""
+    mode = tmp_path / 'enabled'
+    monkeypatch.delenv(cpu_kernel.HUGE_PAGES_SWITCH, raising=False)
+    for text, expected in (('always [madvise] never\n', True), ('[always] madvise never\n', True),
+                           ('always madvise [never]\n', False)):
+        mode.write_text(text)
+        assert cpu_kernel.huge_pages(str(mode)) is expected, text
+    assert cpu_kernel.huge_pages(str(tmp_path / 'missing')) is False
+    mode.write_text('[always] madvise never\n')
+    with cpu_kernel.use_cpu_kernel(False):
+        assert cpu_kernel.huge_pages(str(mode)) is False
+    monkeypatch.setenv(cpu_kernel.HUGE_PAGES_SWITCH, '0')
+    assert cpu_kernel.huge_pages(str(mode)) is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/smaps')
+def test_large_outputs_ask_for_huge_pages():
+    """Outputs of 2 MiB and more start on a 2 MiB boundary in a mapping marked for huge
+    pages ('hg'); smaller ones are ordinary memory. Forward and backward both."""
+    if not cpu_kernel.huge_pages():
+        pytest.skip('transparent huge pages are off here (or ASMLP_MM_HUGE_PAGES=0)')
+    x = torch.randn(2, 64, 96, 96, requires_grad=True)  # 4.7 MB
+    for dim in (2, 3):
+        out = axial_shift(x, dim, 5)
+        with cpu_kernel.use_cpu_kernel(False):
+            assert torch.equal(out, axial_shift(x.detach(), dim, 5))
+        assert out.data_ptr() % (2 << 20) == 0
+        assert 'hg' in vma_flags(out.data_ptr())
+        x.grad = None
+        out.backward(torch.ones_like(out))
+        assert x.grad.data_ptr() % (2 << 20) == 0 and 'hg' in vma_flags(x.grad.data_ptr())
+    small = axial_shift(torch.randn(2, 16, 32, 32), 2, 5)  # 128 KB
+    assert 'hg' not in vma_flags(small.data_ptr())
+    # outputs of the kernel stay ordinary tensors: resizable, freed with their last user
+    out = out.detach()
+    out.resize_(3, 64, 96, 96)
+    out.zero_()
+    assert out.shape == (3, 64, 96, 96) and int(out.count_nonzero()) == 0
+
+
+HUGE_PAGES_OFF = textwrap.dedent('''
+    import torch
+    from asmlp_mm.ops import axial_shift, cpu_kernel
+    from helpers import vma_flags
+    x = torch.randn(2, 64, 96, 96)
+    out = axial_shift(x, 3, 5)
+    with cpu_kernel.use_cpu_kernel(False):
+        assert torch.equal(out, axial_shift(x, 3, 5))
+    print(cpu_kernel.enabled(), cpu_kernel.huge_pages(), 'hg' in vma_flags(out.data_ptr()))
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/smaps')
+def test_huge_pages_can_be_turned_off():
+    env = dict(os.environ, ASMLP_MM_HUGE_PAGES='0', PYTHONPATH=os.path.dirname(__file__))
+    result = subprocess.run([sys.executable, '-c', HUGE_PAGES_OFF], env=env, text=True,
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['True', 'False', 'False']
+
+
+def test_profiler_sees_the_kernel_outputs():
+    """The kernel's outputs come from its own allocator, which reports them to
+    torch.profiler like the default one (the benchmark's peak memory relies on it)."""
+    x = torch.randn(2, 64, 96, 96)
+    nbytes = x.numel() * x.element_size()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        out = axial_shift(x, 3, 5)
+        del out
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+    assert nbytes in sizes and -nbytes in sizes, sizes

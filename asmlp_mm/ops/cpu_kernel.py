@@ -9,6 +9,12 @@ later processes load the cached library. ``tools/install.sh`` builds it ahead.
 
 Where it cannot be built (no C++ compiler) the shift warns once and runs the PyTorch path,
 which gives the same results. ``ASMLP_MM_CPU_KERNEL=0`` turns the kernel off.
+
+The kernel puts outputs of 2 MiB and more on 2 MiB boundaries and asks Linux for
+transparent huge pages for them (``madvise``): a fresh tensor is then page-faulted in 2 MiB
+at a time instead of 4 KiB, which made the stage-1 shift of AS-MLP-T twice as fast as a
+clone (docs/benchmarks.md). ``ASMLP_MM_HUGE_PAGES=0`` turns this off; :func:`huge_pages`
+says whether it applies.
 """
 import logging
 import os
@@ -23,6 +29,9 @@ from .switch import KernelSwitch
 
 SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'axial_shift.cpp')
 ENV_SWITCH = 'ASMLP_MM_CPU_KERNEL'
+#: read by the kernel (csrc/axial_shift.cpp) once, at its first output of 2 MiB or more
+HUGE_PAGES_SWITCH = 'ASMLP_MM_HUGE_PAGES'
+THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 # -fno-tree-loop-distribute-patterns keeps the copy loops as vector loops instead of
 # memcpy calls (with which the kernel was 20-30% slower than a clone on stage-1 tensors
 # here); -fopenmp makes at::parallel_for use torch's OpenMP threads (without it, it runs
@@ -55,6 +64,20 @@ _switch = KernelSwitch(available)
 enabled = _switch.enabled
 #: ``with use_cpu_kernel(False):`` turns the kernel off inside the block
 use_cpu_kernel = _switch.use
+
+
+def huge_pages(mode_file: str = THP_MODE_FILE) -> bool:
+    """Whether the kernel's outputs of 2 MiB and more get transparent huge pages: the kernel
+    is on, ``ASMLP_MM_HUGE_PAGES`` is not ``0``, and the system's THP mode (``mode_file``)
+    is ``always`` or ``madvise`` (with ``never``, or off Linux, the hint changes nothing)."""
+    if os.environ.get(HUGE_PAGES_SWITCH, '1') == '0' or not enabled():
+        return False
+    try:
+        with open(mode_file) as f:
+            mode = f.read()
+    except OSError:
+        return False
+    return '[always]' in mode or '[madvise]' in mode
 
 
 def library_name() -> str:

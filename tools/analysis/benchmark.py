@@ -386,6 +386,7 @@ def machine_info(device: torch.device) -> dict:
     from asmlp_mm.ops import cpu_kernel, triton_kernel
     if device.type == 'cpu':
         info['shift_kernel'] = cpu_kernel.enabled()
+        info['shift_huge_pages'] = cpu_kernel.huge_pages()
     from asmlp_mm.engine import memory
     info.update(memory.allocator_settings())
     if memory.applied():
