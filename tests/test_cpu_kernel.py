@@ -235,11 +235,21 @@ def test_large_outputs_ask_for_huge_pages():
         assert x.grad.data_ptr() % (2 << 20) == 0 and 'hg' in vma_flags(x.grad.data_ptr())
     small = axial_shift(torch.randn(2, 16, 32, 32), 2, 5)  # 128 KB
     assert 'hg' not in vma_flags(small.data_ptr())
-    # outputs of the kernel stay ordinary tensors: resizable, freed with their last user
-    out = out.detach()
-    out.resize_(3, 64, 96, 96)
-    out.zero_()
-    assert out.shape == (3, 64, 96, 96) and int(out.count_nonzero()) == 0
+    # outputs of the kernel stay ordinary tensors: resizable, shareable between processes,
+    # with copy-on-write clones (each on a tensor of its own: torch 2.14 fails a write to a
+    # resized copy-on-write tensor of its own allocator too)
+    x = x.detach()
+    expected = axial_shift(x, 2, 5)
+    out = axial_shift(x, 2, 5)
+    copy = torch._lazy_clone(out)
+    copy.add_(1)
+    assert torch.equal(copy, expected + 1) and torch.equal(out, expected)
+    shared = axial_shift(x, 2, 5).share_memory_()
+    assert shared.is_shared() and torch.equal(shared, expected)
+    grown = axial_shift(x, 2, 5).resize_(3, 64, 96, 96)
+    assert torch.equal(grown[:2], expected)
+    grown.zero_()
+    assert int(grown.count_nonzero()) == 0
 
 
 HUGE_PAGES_OFF = textwrap.dedent('''

@@ -13,14 +13,16 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__linux__)
@@ -36,17 +38,10 @@ namespace {
 // transparent huge pages (Linux, with THP in `always` or `madvise` mode), so that they are
 // faulted in 2 MiB at a time (the shift then took 4.0-4.5 ms there), as PyTorch's own
 // allocator does for every tensor under THP_MEM_ALLOC_ENABLE=1. ASMLP_MM_HUGE_PAGES=0 turns
-// it off. Allocations and frees are reported to the profiler as the default CPU
-// allocator's are, so that torch.profiler's memory figures still count them.
+// it off; smaller outputs come from PyTorch's allocator. Allocations and frees are reported
+// to the profiler as the default CPU allocator's are, so that torch.profiler's memory
+// figures still count them.
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kAlignment = 64;
-
-struct Block {
-  void* data;
-  size_t bytes;
-};
-
-std::atomic<size_t> allocated_bytes{0};
 
 bool huge_pages_wanted() {
   static const bool wanted = [] {
@@ -56,50 +51,78 @@ bool huge_pages_wanted() {
   return wanted;
 }
 
-void release_block(void* context) {
-  auto* block = static_cast<Block*>(context);
-  const size_t total = allocated_bytes.fetch_sub(block->bytes) - block->bytes;
-  if (c10::memoryProfilingEnabled())
-    c10::reportMemoryUsageToProfiler(block->data, -static_cast<int64_t>(block->bytes), total,
-                                     0, c10::Device(c10::DeviceType::CPU));
-  std::free(block->data);
-  delete block;
+// The size of every live block, for the profiler's free events: the deleter gets only the
+// pointer, which stays the DataPtr's context too, as torch expects of a plain allocation
+// (copy-on-write clones, for one, require it). Never destroyed, so that tensors freed while
+// the process exits still find it.
+struct Blocks {
+  std::mutex mutex;
+  std::unordered_map<void*, size_t> bytes;
+  size_t total = 0;
+};
+Blocks& blocks() {
+  static Blocks* instance = new Blocks();
+  return *instance;
 }
 
-struct OutputAllocator final : c10::Allocator {
+void report(void* data, int64_t delta, size_t total) {
+  if (c10::memoryProfilingEnabled())
+    c10::reportMemoryUsageToProfiler(data, delta, total, 0, c10::Device(c10::DeviceType::CPU));
+}
+
+void release_huge(void* data) {
+  Blocks& live = blocks();
+  size_t bytes, total;
+  {
+    std::lock_guard<std::mutex> lock(live.mutex);
+    auto it = live.bytes.find(data);
+    bytes = it->second;
+    live.bytes.erase(it);
+    total = live.total -= bytes;
+  }
+  report(data, -static_cast<int64_t>(bytes), total);
+  std::free(data);
+}
+
+struct HugePageAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (bytes == 0) return c10::DataPtr(nullptr, cpu);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const bool huge = bytes >= kHugePage && huge_pages_wanted();
-#else
-    const bool huge = false;
-#endif
     void* data = nullptr;
-    TORCH_CHECK_WITH(OutOfMemoryError,
-                     posix_memalign(&data, huge ? kHugePage : kAlignment, bytes) == 0,
+    TORCH_CHECK_WITH(OutOfMemoryError, posix_memalign(&data, kHugePage, bytes) == 0,
                      "asmlp_mm: could not allocate ", bytes, " bytes for the shift's output");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (huge) madvise(data, bytes, MADV_HUGEPAGE);  // a hint: refused, it changes nothing
+#if defined(MADV_HUGEPAGE)
+    madvise(data, bytes, MADV_HUGEPAGE);  // a hint: where it is refused, nothing changes
 #endif
-    auto* block = new Block{data, bytes};
-    const size_t total = allocated_bytes.fetch_add(bytes) + bytes;
-    if (c10::memoryProfilingEnabled())
-      c10::reportMemoryUsageToProfiler(data, static_cast<int64_t>(bytes), total, 0, cpu);
-    return {data, block, &release_block, cpu};
+    Blocks& live = blocks();
+    size_t total;
+    {
+      std::lock_guard<std::mutex> lock(live.mutex);
+      live.bytes[data] = bytes;
+      total = live.total += bytes;
+    }
+    report(data, static_cast<int64_t>(bytes), total);
+    return {data, data, &release_huge, cpu};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release_huge; }
 
   void copy_data(void* dest, const void* src, size_t count) const override {
     default_copy_data(dest, src, count);
   }
 };
 
-OutputAllocator output_allocator;
-
 at::Tensor empty_output(const at::Tensor& like, at::MemoryFormat format) {
-  return at::detail::empty_generic(like.sizes(), &output_allocator,
-                                   c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   like.scalar_type(), format);
+  // never destroyed either: storages that may outlive static destruction point to it
+  static HugePageAllocator* huge_page_allocator = new HugePageAllocator();
+  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
+#if defined(__linux__)
+  if (bytes >= kHugePage && huge_pages_wanted())
+    return at::detail::empty_generic(like.sizes(), huge_page_allocator,
+                                     c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     like.scalar_type(), format);
+#endif
+  return at::empty(like.sizes(), like.options().memory_format(format));
 }
 
 struct Group {
