@@ -219,8 +219,8 @@ def test_thp_mode_and_switch(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/smaps')
 def test_large_outputs_ask_for_huge_pages():
-    """Outputs of 2 MiB and more start on a 2 MiB boundary in a mapping marked for huge
-    pages ('hg'); smaller ones are ordinary memory. Forward and backward both."""
+    """Outputs of 2 MiB and more lie in memory marked for huge pages ('hg'); smaller ones
+    in ordinary memory. Forward and backward both."""
     if not cpu_kernel.huge_pages():
         pytest.skip('transparent huge pages are off here (or ASMLP_MM_HUGE_PAGES=0)')
     x = torch.randn(2, 64, 96, 96, requires_grad=True)  # 4.7 MB
@@ -228,11 +228,10 @@ def test_large_outputs_ask_for_huge_pages():
         out = axial_shift(x, dim, 5)
         with cpu_kernel.use_cpu_kernel(False):
             assert torch.equal(out, axial_shift(x.detach(), dim, 5))
-        assert out.data_ptr() % (2 << 20) == 0
-        assert 'hg' in vma_flags(out.data_ptr())
+        assert 'hg' in vma_flags(out.data_ptr()) and out.data_ptr() % 64 == 0
         x.grad = None
         out.backward(torch.ones_like(out))
-        assert x.grad.data_ptr() % (2 << 20) == 0 and 'hg' in vma_flags(x.grad.data_ptr())
+        assert 'hg' in vma_flags(x.grad.data_ptr())
     small = axial_shift(torch.randn(2, 16, 32, 32), 2, 5)  # 128 KB
     assert 'hg' not in vma_flags(small.data_ptr())
     # outputs of the kernel stay ordinary tensors: resizable, shareable between processes,

@@ -10,7 +10,7 @@ later processes load the cached library. ``tools/install.sh`` builds it ahead.
 Where it cannot be built (no C++ compiler) the shift warns once and runs the PyTorch path,
 which gives the same results. ``ASMLP_MM_CPU_KERNEL=0`` turns the kernel off.
 
-The kernel puts outputs of 2 MiB and more on 2 MiB boundaries and asks Linux for
+The kernel allocates outputs of 2 MiB and more at 2 MiB boundaries and asks Linux for
 transparent huge pages for them (``madvise``): a fresh tensor is then page-faulted in 2 MiB
 at a time instead of 4 KiB, which made the stage-1 shift of AS-MLP-T twice as fast as a
 clone (docs/benchmarks.md). ``ASMLP_MM_HUGE_PAGES=0`` turns this off; :func:`huge_pages`

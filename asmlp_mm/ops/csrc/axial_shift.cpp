@@ -18,11 +18,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #if defined(__linux__)
@@ -34,7 +33,7 @@ namespace {
 // The output's memory. A fresh tensor of a few MB is page-faulted in by the first pass that
 // writes it, 4 KiB at a time: for a stage-1 tensor of AS-MLP-T at batch 32 (38.5 MB) the
 // faults took about 6 of a clone's 8.5 ms on the project's 2-core VM, the copy about 2.
-// Outputs of 2 MiB and more are therefore put on 2 MiB boundaries and marked for
+// Outputs of 2 MiB and more are therefore put at 2 MiB boundaries and marked for
 // transparent huge pages (Linux, with THP in `always` or `madvise` mode), so that they are
 // faulted in 2 MiB at a time (the shift then took 4.0-4.5 ms there), as PyTorch's own
 // allocator does for every tensor under THP_MEM_ALLOC_ENABLE=1. ASMLP_MM_HUGE_PAGES=0 turns
@@ -51,57 +50,44 @@ bool huge_pages_wanted() {
   return wanted;
 }
 
-// The size of every live block, for the profiler's free events: the deleter gets only the
-// pointer, which stays the DataPtr's context too, as torch expects of a plain allocation
-// (copy-on-write clones, for one, require it). Never destroyed, so that tensors freed while
-// the process exits still find it.
-struct Blocks {
-  std::mutex mutex;
-  std::unordered_map<void*, size_t> bytes;
-  size_t total = 0;
-};
-Blocks& blocks() {
-  static Blocks* instance = new Blocks();
-  return *instance;
+// A block starts on a 2 MiB boundary with a 64-byte header that holds its size; the data
+// follows (still 64-byte aligned, and the block's first 2 MiB can still be one huge page).
+// So the deleter needs nothing but the data pointer, which stays the DataPtr's context as
+// torch expects of a plain allocation (copy-on-write clones, for one, require it), and
+// there is no table to lock: no lock a fork could leave held, nothing to destroy before
+// the last tensor when the process exits.
+constexpr size_t kHeader = 64;
+std::atomic<size_t> live_bytes{0};  // for the profiler's running total
+
+size_t* size_slot(void* data) {
+  return reinterpret_cast<size_t*>(static_cast<unsigned char*>(data) - kHeader);
 }
 
-void report(void* data, int64_t delta, size_t total) {
+void report(void* data, int64_t delta) {
+  const size_t total = live_bytes.fetch_add(static_cast<size_t>(delta)) + delta;
   if (c10::memoryProfilingEnabled())
     c10::reportMemoryUsageToProfiler(data, delta, total, 0, c10::Device(c10::DeviceType::CPU));
 }
 
 void release_huge(void* data) {
-  Blocks& live = blocks();
-  size_t bytes, total;
-  {
-    std::lock_guard<std::mutex> lock(live.mutex);
-    auto it = live.bytes.find(data);
-    bytes = it->second;
-    live.bytes.erase(it);
-    total = live.total -= bytes;
-  }
-  report(data, -static_cast<int64_t>(bytes), total);
-  std::free(data);
+  report(data, -static_cast<int64_t>(*size_slot(data)));
+  std::free(size_slot(data));
 }
 
 struct HugePageAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (bytes == 0) return c10::DataPtr(nullptr, cpu);
-    void* data = nullptr;
-    TORCH_CHECK_WITH(OutOfMemoryError, posix_memalign(&data, kHugePage, bytes) == 0,
+    void* base = nullptr;
+    TORCH_CHECK_WITH(OutOfMemoryError, bytes <= SIZE_MAX - kHeader &&
+                     posix_memalign(&base, kHugePage, kHeader + bytes) == 0,
                      "asmlp_mm: could not allocate ", bytes, " bytes for the shift's output");
 #if defined(MADV_HUGEPAGE)
-    madvise(data, bytes, MADV_HUGEPAGE);  // a hint: where it is refused, nothing changes
+    madvise(base, kHeader + bytes, MADV_HUGEPAGE);  // a hint: if refused, nothing changes
 #endif
-    Blocks& live = blocks();
-    size_t total;
-    {
-      std::lock_guard<std::mutex> lock(live.mutex);
-      live.bytes[data] = bytes;
-      total = live.total += bytes;
-    }
-    report(data, static_cast<int64_t>(bytes), total);
+    void* data = static_cast<unsigned char*>(base) + kHeader;
+    *size_slot(data) = bytes;
+    report(data, static_cast<int64_t>(bytes));
     return {data, data, &release_huge, cpu};
   }
 
@@ -113,7 +99,7 @@ struct HugePageAllocator final : c10::Allocator {
 };
 
 at::Tensor empty_output(const at::Tensor& like, at::MemoryFormat format) {
-  // never destroyed either: storages that may outlive static destruction point to it
+  // never destroyed: storages that outlive static destruction may still point to it
   static HugePageAllocator* huge_page_allocator = new HugePageAllocator();
   const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
 #if defined(__linux__)
