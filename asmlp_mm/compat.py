@@ -263,6 +263,28 @@ def autocast_inside(model: torch.nn.Module, names: Sequence[str], device: str,
             open_contexts.pop().__exit__(None, None, None)
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """The sum of a tensor over the processes of a group, differentiable: the gradient of
+    every process's input is the sum of the output gradients of all processes. (What
+    ``torch.distributed.nn.functional.all_reduce`` does; torch deprecates that one and
+    warns on every call, with no public replacement that has autograd.)"""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed as dist
+        ctx.group = group
+        total = x.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+        total = grad.clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
+
+
 class GlooSyncBatchNorm(_BatchNorm):
     """A SyncBatchNorm for CPU tensors (gloo process groups), with SyncBN's state dict.
 
@@ -285,13 +307,12 @@ class GlooSyncBatchNorm(_BatchNorm):
         if not self.training or not dist.is_initialized() \
                 or dist.get_world_size(group) < 2:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
         dtype, x = x.dtype, x.float()
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         count = x.new_full((1, ), x.numel() / channels)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
-                           group=group or dist.group.WORLD)
+        stats = _SumOverProcesses.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
+                                        group or dist.group.WORLD)
         total = stats[-1]
         mean = stats[:channels] / total
         var = stats[channels:2 * channels] / total - mean * mean

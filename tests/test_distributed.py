@@ -5,6 +5,7 @@ import os.path as osp
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -27,8 +28,11 @@ def _sync_bn_worker(rank, port, x, weight, grad_out, results):
     bn.__class__ = GlooSyncBatchNorm
     bn.weight.data.copy_(weight)
     part = x.chunk(2)[rank].clone().requires_grad_()
-    out = bn(part)
-    out.backward(grad_out.chunk(2)[rank])
+    with warnings.catch_warnings():
+        # torch.distributed.nn.functional.all_reduce, used before, warned on every call
+        warnings.simplefilter('error', FutureWarning)
+        out = bn(part)
+        out.backward(grad_out.chunk(2)[rank])
     results[rank] = (out.detach(), part.grad, bn.weight.grad, bn.running_mean,
                      bn.running_var)
     dist.destroy_process_group()
