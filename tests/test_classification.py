@@ -1,3 +1,5 @@
+import copy
+import math
 import os
 import os.path as osp
 
@@ -44,7 +46,7 @@ def test_recipe_rates_are_swins_scaled_to_the_batch(name):
     warmup, cosine = cfg.param_scheduler
     assert (optimizer.type, optimizer.weight_decay) == ('AdamW', weight_decay)
     assert optimizer.lr == pytest.approx(base * scale)
-    assert warmup.type == 'LinearLR' and warmup.end == cosine.begin == warmup_epochs
+    assert warmup.type == 'LinearLR' and warmup.end == warmup_epochs
     assert optimizer.lr * warmup.start_factor == pytest.approx(warmup_start * scale)
     assert cosine.type == 'CosineAnnealingLR'
     # both stepped every iteration, as timm's scheduler in the released code (mmpretrain's
@@ -52,6 +54,51 @@ def test_recipe_rates_are_swins_scaled_to_the_batch(name):
     assert warmup.convert_to_iter_based and cosine.convert_to_iter_based
     assert cosine.eta_min == pytest.approx(floor * scale)
     assert cfg.train_cfg.max_epochs == epochs
+
+
+def timm_cosine_lr(t, total, warmup, base, warmup_start, floor):
+    """The rate at iteration ``t`` of timm's CosineLRScheduler as the released AS-MLP code
+    sets it up (t_initial = all iterations, warmup_t = warm-up iterations, t_in_epochs
+    False, no warm-up prefix, one cycle)."""
+    if t < warmup:
+        return warmup_start + t * (base - warmup_start) / warmup
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t / total))
+
+
+@pytest.mark.parametrize('name', sorted(SWIN_RATES_PER_512))
+def test_learning_rate_follows_timms_cosine(name):
+    """Iteration by iteration against timm's formula, with 50 iterations an epoch: the same
+    after the warm-up; during it at most the cosine's drop by the warm-up's end below it
+    (mmengine multiplies the overlapping schedules there), and at most one warm-up step
+    above it (mmengine's LinearLR reaches the peak one iteration before the end)."""
+    from mmengine.config import Config
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'asmlp', name + '.py'))
+    epochs, per_epoch = cfg.train_cfg.max_epochs, 50
+    base = cfg.optim_wrapper.optimizer.lr
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    schedulers = []
+    for scheduler in copy.deepcopy(cfg.param_scheduler):  # as mmengine's runner builds them
+        assert scheduler.pop('convert_to_iter_based')
+        scheduler.setdefault('end', epochs)
+        schedulers.append(PARAM_SCHEDULERS.get(scheduler.pop('type')).build_iter_from_epoch(
+            optimizer, epoch_length=per_epoch, **scheduler))
+    warmup, cosine = cfg.param_scheduler
+    total, warmup_iters = epochs * per_epoch, warmup.end * per_epoch
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]['lr'])
+        for scheduler in schedulers:
+            scheduler.step()
+    expected = [timm_cosine_lr(t, total, warmup_iters, base, base * warmup.start_factor,
+                               cosine.eta_min) for t in range(total)]
+    drop = 1 - 0.5 * (1 + math.cos(math.pi * warmup.end / epochs))
+    for t, (rate, timm) in enumerate(zip(rates, expected)):
+        if t >= warmup_iters:
+            assert rate == pytest.approx(timm, rel=1e-3), t
+        else:
+            assert timm * (1 - drop) * 0.999 <= rate <= timm * (1 + 1 / (warmup_iters - 1)), t
+    assert rates[-1] == pytest.approx(cosine.eta_min, rel=0.01)
 
 
 def test_tiny_train_and_test_through_tools(tmp_path):
