@@ -457,12 +457,17 @@ def test_odd_images_through_the_segmentation_demo(tmp_path):
             assert int(pred.pred_sem_seg.data.max()) < 3
 
 
-@pytest.mark.parametrize('config,missing', [
-    (DET_DEMO, 'annotations/instances_train.json'), (SEG_DEMO, 'images/training')])
-def test_missing_detection_and_segmentation_folders_are_reported(tmp_path, config, missing):
-    nowhere = tmp_path / 'nowhere'
-    with pytest.raises(FileNotFoundError, match=re.escape(str(nowhere / missing))):
-        build_dataset(config, 'train_dataloader', data_root=str(nowhere))
+@pytest.mark.parametrize('config,what,missing,layout', [
+    (DET_DEMO, 'annotation file', 'annotations/instances_train.json', 'COCO 2017 is expected'),
+    (SEG_DEMO, 'image folder', 'images/training', 'ADE20K is expected'),
+    (CLS_TINY, 'data_root', '', "ImageNet is expected in mmpretrain's layout")])
+def test_missing_dataset_folders_are_reported_with_the_expected_layout(
+        tmp_path, config, what, missing, layout):
+    from asmlp_mm.datasets.checks import MissingDataError
+    nowhere = str(tmp_path / 'nowhere' / missing).rstrip('/')
+    with pytest.raises(MissingDataError, match=re.escape(f'the {what} {nowhere!r} does not '
+                                                         f'exist. {layout}')):
+        build_dataset(config, 'train_dataloader', data_root=str(tmp_path / 'nowhere'))
 
 
 def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path):

@@ -13,6 +13,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 TEST = osp.join(ROOT, 'tools', 'test.py')
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
 
 
 def run_failing(*args, cwd):
@@ -171,3 +172,41 @@ def test_a_head_of_another_class_count_is_refused_before_training(tmp_path, data
     assert ('the config does not fit together:\n  model.head.num_classes is 4, but the '
             'dataset of train_dataloader has 3 classes (circle, square, triangle)') in out
     assert 'Traceback' not in out and not list((tmp_path / 'work').rglob('*.pth'))
+
+
+def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
+    """The datasets' checks (DataError) ended tools/train.py with a traceback; a relative
+    path is named with the folder it was looked for in."""
+    out = run_failing(TRAIN, DET_DEMO, '--work-dir', tmp_path / 'work', '--cfg-options',
+                      *(f'{loader}.dataset.data_root=nowhere/' for loader in (
+                          'train_dataloader', 'val_dataloader', 'test_dataloader')),
+                      cwd=tmp_path)
+    assert ("CheckedCocoDataset: the annotation file 'nowhere/annotations/instances_train.json'"
+            f" does not exist (looked for in {str(tmp_path)!r}). COCO 2017 is expected") in out
+    assert 'Traceback' not in out
+
+
+@pytest.mark.parametrize('tool', [TRAIN, TEST])
+@pytest.mark.parametrize('work_dir,message', [
+    ('a_file', "cannot be made: File exists ('{}' is a file)"),
+    ('a_file/work', "cannot be made: Not a directory ('{}' is a file)")])
+def test_a_work_dir_that_cannot_be_made_is_refused(tmp_path, tool, work_dir, message):
+    """mmengine failed with FileExistsError / NotADirectoryError tracebacks."""
+    (tmp_path / 'a_file').write_text('')
+    checkpoint = [] if tool == TRAIN else [tmp_path / 'ckpt.pth']
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
+    out = run_failing(tool, CLS_DEMO, *checkpoint, '--work-dir', work_dir, cwd=tmp_path)
+    assert f"work dir {str(tmp_path / work_dir)!r} " + message.format(tmp_path / 'a_file') in out
+    assert 'Traceback' not in out
+
+
+def test_checking_the_work_dir_leaves_no_folders_behind(tmp_path):
+    """Folders made to see whether the work dir can be made are removed again (a run refused
+    later, e.g. for a cfg option, leaves nothing behind)."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from _common import check_work_dir
+    check_work_dir(str(tmp_path / 'a' / 'b' / 'c'))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'kept').mkdir()
+    check_work_dir(str(tmp_path / 'kept'))
+    assert [p.name for p in tmp_path.iterdir()] == ['kept']

@@ -44,6 +44,7 @@ def load_config(args) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_work_dir(cfg.work_dir)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     try:
@@ -52,6 +53,28 @@ def load_config(args) -> Config:
         raise SystemExit(str(err))
     keep_memory_on_cpu()
     return cfg
+
+
+def check_work_dir(path: str) -> None:
+    """Refuse, before anything is built, a work dir that cannot be made or written to
+    (mmengine fails with a traceback). Folders made to find out are removed again, so that a
+    run refused later leaves nothing behind."""
+    path = osp.abspath(path)
+    existing = path
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f'work dir {path!r} cannot be made: {err.strerror or err}'
+                         + (f' ({existing!r} is a file)' if osp.isfile(existing) else ''))
+    writable = os.access(path, os.W_OK | os.X_OK)
+    made = path
+    while made != existing:  # remove what makedirs made, innermost first
+        os.rmdir(made)
+        made = osp.dirname(made)
+    if not writable:
+        raise SystemExit(f'work dir {path!r} is not writable')
 
 
 def keep_memory_on_cpu():
@@ -90,10 +113,12 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     with a message naming the file and the mismatched keys, instead of a half-loaded model
     or a failure deep inside the optimizer state. Without ``exact_checkpoint`` (training
     that starts from ``load_from``), only one of which no weight fits is refused. A model
-    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise;
-    resuming with another number of processes is a warning (``ProcessCountHook``).
+    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise, and
+    so does missing or bad data found by the checked datasets (``DataError``); resuming
+    with another number of processes is a warning (``ProcessCountHook``).
     """
     from asmlp_mm.compat import CheckpointError
+    from asmlp_mm.datasets.checks import DataError
     from asmlp_mm.engine import (CheckpointFitsHook, CheckpointMismatchError,
                                  ConfigMismatchError, ModelFitsHook, ProcessCountHook)
     runner.register_hook(CheckpointFitsHook(exact=exact_checkpoint), priority='VERY_HIGH')
@@ -101,7 +126,7 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     runner.register_hook(ProcessCountHook())
     try:
         return run()
-    except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:
+    except (CheckpointError, CheckpointMismatchError, ConfigMismatchError, DataError) as err:
         raise SystemExit(str(err))
     finally:
         shutdown_distributed()

@@ -27,9 +27,15 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from .checks import (bad_label_values, check_image_complete, find_missing, guard_transforms,
-                     local_file, png_bit_depth, quote_some, relative_names)
+from .checks import (InvalidDataError, MissingDataError, bad_label_values, check_image_complete,
+                     find_missing, guard_transforms, local_file, png_bit_depth, quote_some,
+                     relative_names, require_paths)
 from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
+
+LAYOUT = ('ADE20K is expected as ADEChallengeData2016 under data_root: '
+          'images/{training,validation} and annotations/{training,validation} '
+          '(docs/segmentation.md); or point the config at your copy with --cfg-options on '
+          "the dataloaders' dataset.data_root.")
 
 # one colour per shape class: the shapes are drawn in it, and so are the predictions
 SHAPE_PALETTE = [[220, 20, 60], [0, 120, 255], [255, 190, 0]]
@@ -48,8 +54,8 @@ def check_label_map(load, results: dict) -> dict:
     except (FileNotFoundError, AssertionError):
         raise  # a file gone since the dataset was built; a reduce_zero_label clash
     except Exception as err:  # pillow: OSError; cv2 decodes None, mmseg then fails on it
-        raise ValueError(f'label map {path!r} cannot be read as an image '
-                         f'({type(err).__name__}: {err}): {LABEL_MAP}') from err
+        raise InvalidDataError(f'label map {path!r} cannot be read as an image '
+                               f'({type(err).__name__}: {err}): {LABEL_MAP}') from err
     labels = results['gt_seg_map']
     height, width = tuple(results.get('ori_shape', labels.shape))[:2]
     if labels.ndim == 2 and labels.shape == (height, width):
@@ -57,9 +63,9 @@ def check_label_map(load, results: dict) -> dict:
         return results
     problem = (f'has {labels.shape[2]} channels' if labels.ndim == 3 else
                f'is {" x ".join(map(str, labels.shape))} pixels')
-    raise ValueError(f'label map {path!r} {problem} (shape {labels.shape}) and its image '
-                     f'{results.get("img_path")!r} is {height} x {width} (height x width): '
-                     f'{LABEL_MAP}')
+    raise InvalidDataError(f'label map {path!r} {problem} (shape {labels.shape}) and its image '
+                           f'{results.get("img_path")!r} is {height} x {width} (height x width): '
+                           f'{LABEL_MAP}')
 
 
 def check_label_depth(load, path: str) -> None:
@@ -74,9 +80,9 @@ def check_label_depth(load, path: str) -> None:
                            backend=getattr(load, 'imdecode_backend', 'cv2'))
     top = int(raw.max()) if raw is not None and raw.size else 0
     if top > 255:
-        raise ValueError(f'label map {path!r} is a 16-bit PNG with values up to {top}: mmseg '
-                         f'reads label maps as 8 bits, so values above 255 would become '
-                         f'other classes ({top} -> {top % 256}); {LABEL_MAP}, 8 bits')
+        raise InvalidDataError(f'label map {path!r} is a 16-bit PNG with values up to {top}: mmseg '
+                               f'reads label maps as 8 bits, so values above 255 would become '
+                               f'other classes ({top} -> {top % 256}); {LABEL_MAP}, 8 bits')
 
 
 @DATASETS.register_module()
@@ -126,7 +132,12 @@ class CheckedADE20KDataset(ADE20KDataset):
             guard_transforms(self.pipeline, LoadAnnotations, check_label_map)
 
     def load_data_list(self) -> List[dict]:
-        """mmseg's listing of images and label maps, then the check of the files."""
+        """A missing image or label folder is refused (with what the dataset expects);
+        then mmseg's listing of images and label maps, then the check of the files."""
+        require_paths(type(self).__name__,
+                      [('image folder', self.data_prefix.get('img_path')),
+                       ('label folder', self.data_prefix.get('seg_map_path')),
+                       ('list file', self.ann_file)], LAYOUT, self.backend_args)
         data_list = super().load_data_list()
         if self.check_files:
             self._check_files(data_list)
@@ -137,7 +148,7 @@ class CheckedADE20KDataset(ADE20KDataset):
         ann_dir = self.data_prefix.get('seg_map_path')
         where = f'data_root={self.data_root!r}'
         if not data_list:
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f'{type(self).__name__}: no image ending in {self.img_suffix!r} in '
                 f'{img_dir!r}' + (f' listed in {self.ann_file!r}' if self.ann_file else '')
                 + f' ({where})')
@@ -170,8 +181,8 @@ class CheckedADE20KDataset(ADE20KDataset):
                         f'{len(orphans)} label maps in {ann_dir!r} have no image '
                         f'(*{self.img_suffix}) in {img_dir!r}: {quote_some(orphans)}')
         if problems:
-            raise FileNotFoundError(f'{type(self).__name__} ({where}): ' +
-                                    '; '.join(problems))
+            raise MissingDataError(f'{type(self).__name__} ({where}): ' +
+                                   '; '.join(problems))
 
     def prepare_data(self, idx: int):
         """The sample through the pipeline, with its labels checked."""
@@ -196,7 +207,7 @@ class CheckedADE20KDataset(ADE20KDataset):
         if self.reduce_zero_label:
             hint = (f'; with reduce_zero_label a value v in the file becomes v-1, so the '
                     f'file may hold 0 (ignored), 1..{num_classes} and 255 (ignored)')
-        raise ValueError(
+        raise InvalidDataError(
             f'label map {path!r} holds values {bad} (after loading) outside the '
             f'{num_classes} classes of {type(self).__name__}: labels must be '
             f'0..{num_classes - 1} or {self.ignore_index} (ignored){hint}')

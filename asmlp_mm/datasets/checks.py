@@ -16,6 +16,38 @@ from mmengine.fileio import LocalBackend, get_file_backend
 SHOWN = 5  # names quoted in an error; the rest are counted
 
 
+class DataError(Exception):
+    """Missing or bad data found by a checked dataset. ``tools/train.py`` and
+    ``tools/test.py`` print its message and exit instead of a traceback."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """Files or folders of a dataset that do not exist."""
+
+
+class InvalidDataError(DataError, ValueError):
+    """Dataset files that exist but hold what the dataset cannot use."""
+
+
+def require_paths(dataset: str, paths: Sequence[Tuple[str, str]], layout: str,
+                  backend_args: Optional[dict] = None) -> None:
+    """Raise :class:`MissingDataError` for the first of ``paths`` (pairs of what it is and
+    the path) that does not exist: its name, the path and, for a relative local path, the
+    folder it was looked for in; then ``layout``, what the dataset expects and how to
+    point the config at it. Empty paths are skipped."""
+    for what, path in paths:
+        if not path:
+            continue
+        backend = get_file_backend(path, backend_args=backend_args)
+        if backend.exists(path):
+            continue
+        where = ''
+        if isinstance(backend, LocalBackend) and not osp.isabs(path):
+            where = f' (looked for in {os.getcwd()!r})'
+        raise MissingDataError(f'{dataset}: the {what} {path!r} does not exist{where}. '
+                               f'{layout}')
+
+
 def find_missing(paths: Sequence[str], backend_args: Optional[dict] = None) -> List[str]:
     """The paths of ``paths`` that do not exist (one storage backend, from the first)."""
     if not paths:
@@ -55,11 +87,11 @@ def read_json(local_path: str, name: str):
         try:
             return json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f'annotation file {name!r} is not valid JSON: {err} (a file '
-                             f'cut short in copying or downloading?)') from err
+            raise InvalidDataError(f'annotation file {name!r} is not valid JSON: {err} (a file '
+                                   f'cut short in copying or downloading?)') from err
         except UnicodeDecodeError as err:
-            raise ValueError(f'annotation file {name!r} is not a JSON text file: '
-                             f'{err}') from err
+            raise InvalidDataError(f'annotation file {name!r} is not a JSON text file: '
+                                   f'{err}') from err
 
 
 class Guarded:
@@ -198,8 +230,8 @@ def check_image_complete(load: Callable, results: dict) -> Optional[dict]:
     JPEG cut short, then load it (``load``: the pipeline's ``LoadImageFromFile``)."""
     path = local_file(results.get('img_path'), getattr(load, 'backend_args', None))
     if path is not None and jpeg_cut_short(path):
-        raise ValueError(f'image {path!r} is cut short: its JPEG data ends before the '
-                         f'end-of-image marker (a file cut short in copying or '
-                         f'downloading?). OpenCV would decode it with the missing part '
-                         f'gray; copy the file again')
+        raise InvalidDataError(f'image {path!r} is cut short: its JPEG data ends before the '
+                               f'end-of-image marker (a file cut short in copying or '
+                               f'downloading?). OpenCV would decode it with the missing part '
+                               f'gray; copy the file again')
     return load(results)

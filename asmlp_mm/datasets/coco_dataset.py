@@ -15,10 +15,15 @@ from mmdet.datasets.api_wrappers import COCO
 from mmdet.datasets.transforms import LoadAnnotations
 from mmdet.registry import DATASETS
 
-from .checks import (check_image_complete, find_missing, find_transforms, guard_transforms,
-                     quote_some, read_json, relative_names)
+from .checks import (InvalidDataError, MissingDataError, check_image_complete, find_missing,
+                     find_transforms, guard_transforms, quote_some, read_json, relative_names,
+                     require_paths)
 
 IMAGE_KEYS = ('id', 'file_name', 'height', 'width')
+LAYOUT = ('COCO 2017 is expected in the OpenMMLab layout under data_root: '
+          'annotations/instances_{train,val}2017.json, train2017/ and val2017/ '
+          '(docs/detection.md); or point the config at your copy with --cfg-options on '
+          'the dataloaders\' dataset.data_root and the evaluators\' ann_file.')
 # what CocoDataset (bbox, area) and COCO evaluation (also iscrowd) read of every annotation
 ANNOTATION_KEYS = ('id', 'image_id', 'category_id', 'bbox', 'area', 'iscrowd')
 FORMAT = ("a COCO instances file is an object with the lists 'images', 'annotations' "
@@ -47,21 +52,22 @@ def check_top_level(coco, name: str, test_mode: bool) -> None:
     """The file is an object with the lists ``images`` and ``categories``, and with
     annotations (in testing a warning: an unlabelled set such as test-dev)."""
     if not isinstance(coco, dict):
-        raise ValueError(f'annotation file {name!r} holds a JSON {type(coco).__name__}: '
-                         f'{FORMAT}')
+        raise InvalidDataError(f'annotation file {name!r} holds a JSON {type(coco).__name__}: '
+                               f'{FORMAT}')
     for key in ('images', 'categories', 'annotations'):
         if key in coco and not isinstance(coco[key], list):
-            raise ValueError(f'annotation file {name!r}: {key!r} is a JSON '
-                             f'{type(coco[key]).__name__}, not a list: {FORMAT}')
+            raise InvalidDataError(f'annotation file {name!r}: {key!r} is a JSON '
+                                   f'{type(coco[key]).__name__}, not a list: {FORMAT}')
     missing = [key for key in ('images', 'categories') if key not in coco]
     if missing:
-        raise ValueError(f'annotation file {name!r} has no {" and no ".join(map(repr, missing))}'
-                         f' (its keys: {quote_some(coco, 10)}): {FORMAT}')
+        absent = ' and no '.join(map(repr, missing))
+        raise InvalidDataError(f'annotation file {name!r} has no {absent} '
+                               f'(its keys: {quote_some(coco, 10)}): {FORMAT}')
     if not coco.get('annotations'):
         what = 'an empty' if 'annotations' in coco else 'no'
         if not test_mode:
-            raise ValueError(f'annotation file {name!r} has {what} \'annotations\' list: a '
-                             f'training set needs annotated objects ({FORMAT})')
+            raise InvalidDataError(f'annotation file {name!r} has {what} \'annotations\' list: a '
+                                   f'training set needs annotated objects ({FORMAT})')
         warnings.warn(f'annotation file {name!r} has {what} \'annotations\' list: testing '
                       f'runs, but COCO evaluation reports -1 for every AP; this is expected '
                       f'only of an unlabelled set (e.g. test-dev with format_only=True)')
@@ -79,7 +85,7 @@ def check_entries(entries: list, keys: Sequence[str], what: str, name: str) -> N
             bad[f'have no {" and no ".join(map(repr, absent))}'].append(
                 entry.get('id', f'at index {index}'))
     if bad:
-        raise ValueError(f'annotation file {name!r}: ' + '; '.join(
+        raise InvalidDataError(f'annotation file {name!r}: ' + '; '.join(
             f'{what} {quote_some(ids)} {problem}' for problem, ids in bad.items())
             + f'; each of its {what} needs {quote_some(keys)}')
 
@@ -89,7 +95,7 @@ def check_image_ids(images: List[dict], name: str) -> None:
     counts = Counter(image['id'] for image in images)
     repeated = [image_id for image_id, count in counts.items() if count > 1]
     if repeated:
-        raise ValueError(
+        raise InvalidDataError(
             f'annotation file {name!r} gives the same id to more than one image: ids '
             f'{quote_some(repeated)}; each image needs its own id (annotations refer to '
             f'their image by id: one of the images would be lost and its objects given to '
@@ -104,18 +110,18 @@ def check_categories(categories: List[dict], classes: Sequence[str], name: str) 
     absent = [c for c in classes if c not in counts]
     repeated = [c for c in classes if counts.get(c, 0) > 1]
     if absent:
-        raise ValueError(
+        raise InvalidDataError(
             f'annotation file {name!r} has no category named {quote_some(absent, 10)}: '
             f'{len(absent)} of the {len(classes)} classes of the dataset (metainfo '
             f'classes) are not in it; its categories are {quote_some(counts, 10)}. Set '
             f'metainfo=dict(classes=(...)) to names of categories of the file')
     if repeated:
-        raise ValueError(f'annotation file {name!r} has more than one category named '
-                         f'{quote_some(repeated)}: each class needs exactly one category')
+        raise InvalidDataError(f'annotation file {name!r} has more than one category named '
+                               f'{quote_some(repeated)}: each class needs exactly one category')
     in_file_order = [category['name'] for category in categories
                      if category['name'] in set(classes)]
     if in_file_order != list(classes):
-        raise ValueError(
+        raise InvalidDataError(
             f'annotation file {name!r} lists the categories of the classes in another order '
             f'than the metainfo classes: mmdet numbers the classes in the order of the '
             f'file, so predictions would carry the wrong names. Give the classes in the '
@@ -191,7 +197,7 @@ def check_annotations(coco: dict, name: str, with_masks: bool) -> None:
         if problem:
             bad[problem].append(ann.get('id', f'at index {index}'))
     if bad:
-        raise ValueError(
+        raise InvalidDataError(
             f'annotation file {name!r}: {sum(map(len, bad.values()))} of its '
             f'{len(annotations)} annotations are not valid COCO annotations: ' + '; '.join(
                 f'annotations {quote_some(ids)} {problem}' for problem, ids in bad.items())
@@ -208,7 +214,7 @@ def check_category_references(annotations: List[dict], categories: List[dict],
     ids = {category['id'] for category in categories}
     unknown = [ann for ann in annotations if ann['category_id'] not in ids]
     if unknown:
-        raise ValueError(
+        raise InvalidDataError(
             f'annotation file {name!r}: {len(unknown)} of its {len(annotations)} annotations '
             f'(ids {quote_some([ann.get("id") for ann in unknown])}) have a category_id '
             f'that no category of the file has '
@@ -229,7 +235,7 @@ def check_image_references(annotations: List[dict], images: dict, name: str) -> 
                f'of the file has (e.g. {annotations[0]["image_id"]!r} where the images have '
                f'ids such as {quote_some(list(images)[:3])})')
     if len(orphans) == len(annotations):
-        raise ValueError(message + ': no object would be trained on or evaluated')
+        raise InvalidDataError(message + ': no object would be trained on or evaluated')
     warnings.warn(message + ': they are ignored')
 
 
@@ -244,7 +250,7 @@ def check_image_size(load, results: dict, ann_file: str) -> Optional[dict]:
     listed = (results['height'], results['width'])
     if real != listed:
         hint = ' (swapped: an EXIF orientation?)' if real == listed[::-1] else ''
-        raise ValueError(
+        raise InvalidDataError(
             f'image {results["img_path"]!r} is {real[0]} x {real[1]} pixels (height x width)'
             f' but annotation file {ann_file!r} gives it height={listed[0]}, '
             f'width={listed[1]} (image id {results.get("img_id")}){hint}: its masks would '
@@ -305,6 +311,15 @@ class CheckedCocoDataset(CocoDataset):
         guard_transforms(self.pipeline, LoadImageFromFile,
                          partial(check_image_size, ann_file=self.ann_file))
 
+    def load_data_list(self) -> List[dict]:
+        """Refuse a missing annotation file or image folder (with what the dataset
+        expects), then ``CocoDataset``'s listing, which reads the file through
+        :meth:`COCOAPI`."""
+        require_paths(type(self).__name__, [('annotation file', self.ann_file),
+                                            ('image folder', self.data_prefix.get('img'))],
+                      LAYOUT, self.backend_args)
+        return super().load_data_list()
+
     def COCOAPI(self, local_path: str) -> COCO:  # noqa: N802 (the name CocoDataset calls)
         """The annotation file (``local_path``: ``ann_file``, or a local copy of it) read
         and checked, as mmdet's ``COCO`` API; ``CocoDataset.load_data_list`` calls this."""
@@ -340,7 +355,7 @@ class CheckedCocoDataset(CocoDataset):
         missing = find_missing(paths, self.backend_args)
         if missing:
             folder = self.data_prefix.get('img', '')
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f'{len(missing)} of the {len(paths)} images listed in {self.ann_file!r} '
                 f'do not exist in {folder!r} (data_root={self.data_root!r} + '
                 f'data_prefix img): {quote_some(relative_names(missing, folder))}')

@@ -12,9 +12,13 @@ from mmengine.fileio import list_from_file
 from mmpretrain.datasets import ImageNet
 from mmpretrain.registry import DATASETS
 
-from .checks import (check_image_complete, find_missing, guard_transforms, quote_some,
-                     relative_names)
+from .checks import (InvalidDataError, MissingDataError, check_image_complete, find_missing,
+                     guard_transforms, quote_some, relative_names, require_paths)
 
+LAYOUT = ("ImageNet is expected in mmpretrain's layout under data_root: train/ and val/ "
+          "(image folders) and meta/train.txt and meta/val.txt (list files; README.md, "
+          "'ImageNet-1K classification'); or point the config at your copy with "
+          "--cfg-options on the dataloaders' dataset.data_root.")
 LIST_FORMAT = ('each line of an ImageNet list file is an image path relative to the '
                'image folder, a space and its class index, e.g. '
                '"n01440764/n01440764_10026.JPEG 0"')
@@ -57,8 +61,13 @@ class CheckedImageNet(ImageNet):
         guard_transforms(self.pipeline, LoadImageFromFile, check_image_complete)
 
     def load_data_list(self) -> List[dict]:
-        """mmpretrain's listing (a line of the list file that it cannot parse is named),
+        """A missing image folder or list file is refused (with what the dataset expects);
+        then mmpretrain's listing (a line of the list file that it cannot parse is named),
         then the checks of the class indices and the images."""
+        require_paths(type(self).__name__, [('data_root', self.data_root),
+                                            ('image folder', self.img_prefix),
+                                            ('list file', self.ann_file)],
+                      LAYOUT, getattr(self, 'backend_args', None))
         try:
             data_list = super().load_data_list()
         except ValueError:  # a line mmpretrain cannot split or parse: name it
@@ -78,8 +87,8 @@ class CheckedImageNet(ImageNet):
         for number, line in enumerate(list_from_file(self.ann_file), 1):
             parts = line.strip().rsplit(' ', 1)
             if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-                raise ValueError(f'list file {self.ann_file!r}, line {number}: {line!r} '
-                                 f'is not an image path and a class index: {LIST_FORMAT}')
+                raise InvalidDataError(f'list file {self.ann_file!r}, line {number}: {line!r} '
+                                       f'is not an image path and a class index: {LIST_FORMAT}')
 
     def _check_labels(self, data_list: List[dict]) -> None:
         classes = self.metainfo.get('classes')
@@ -89,7 +98,7 @@ class CheckedImageNet(ImageNet):
         bad = [info for info in data_list if not 0 <= info['gt_label'] < num_classes]
         if bad:
             where = f'list file {self.ann_file!r}' if self.ann_file else 'the image folders'
-            raise ValueError(
+            raise InvalidDataError(
                 f'{len(bad)} of the {len(data_list)} images of {where} have a class index '
                 f'outside 0..{num_classes - 1} (the {num_classes} classes of '
                 f'{type(self).__name__}): ' +
@@ -106,7 +115,7 @@ class CheckedImageNet(ImageNet):
         conflicting = {path: found for path, found in repeated.items()
                        if len(set(found)) > 1}
         if conflicting:
-            raise ValueError(
+            raise InvalidDataError(
                 f'{where} lists {len(conflicting)} image(s) more than once, with different '
                 f'class indices: ' + quote_some(
                     f'{relative_names([path], self.img_prefix)[0]} '
@@ -121,6 +130,6 @@ class CheckedImageNet(ImageNet):
         missing = find_missing(paths, getattr(self, 'backend_args', None))
         if missing:
             where = f' listed in {self.ann_file!r}' if self.ann_file else ''
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f'{len(missing)} of the {len(paths)} images{where} do not exist in '
                 f'{self.img_prefix!r}: {quote_some(relative_names(missing, self.img_prefix))}')
