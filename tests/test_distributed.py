@@ -280,3 +280,17 @@ def test_slurm_script_asks_srun_for_one_task_per_gpu(tmp_path):
                              '--launcher=slurm', '--cfg-options', 'a=1']
     assert without[-6:] == ['python3', '-u', train, 'cfg.py', '--work-dir=work_dirs/job',
                             '--launcher=slurm']
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('dist_train.sh', [], 'usage: bash tools/dist_train.sh CONFIG NUM_PROCS'),
+    ('dist_test.sh', ['CONFIG', 'CKPT'], 'usage: bash tools/dist_test.sh CONFIG CHECKPOINT '
+     'NUM_PROCS'),
+    ('dist_train.sh', ['CONFIG', '--amp'], "NUM_PROCS must be a positive number, got '--amp'"),
+    ('dist_test.sh', ['CONFIG', 'CKPT', '0'], "NUM_PROCS must be a positive number, got '0'"),
+])
+def test_dist_scripts_name_a_missing_or_bad_argument(script, args, message):
+    """With an argument left out they exited silently (set -e and shift), with rc 1."""
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

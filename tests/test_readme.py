@@ -136,4 +136,6 @@ def test_readme_inference_snippet_runs_with_our_configs(tmp_path):
     assert "found ['bboxes', 'labels', 'masks', 'scores']" in out
     assert 'label map (61, 83)' in out
     assert 'top1 ' in out
-    assert len(list((tmp_path / 'outputs').rglob('*.*'))) >= 2  # drawn det and seg images
+    # one drawing each (with one out_dir, the segmentor's replaced the detector's)
+    assert [p.name for p in (tmp_path / 'outputs' / 'det').rglob('*.jpg')] == ['demo.jpg']
+    assert [p.name for p in (tmp_path / 'outputs' / 'seg').rglob('*.jpg')] == ['demo.jpg']

@@ -2,10 +2,17 @@
 # Usage: tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py args...]
 # One process per GPU (or per CPU worker with gloo when no GPU is present).
 set -e
+if [ $# -lt 3 ]; then
+    echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 NPROC=$3
 shift 3
+case "$NPROC" in
+    ''|*[!0-9]*|0) echo "$(basename "$0"): NUM_PROCS must be a positive number, got '$NPROC'" >&2; exit 2 ;;
+esac
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

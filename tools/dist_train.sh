@@ -2,9 +2,16 @@
 # Usage: tools/dist_train.sh CONFIG NUM_PROCS [train.py args...]
 # One process per GPU (or per CPU worker with gloo when no GPU is present).
 set -e
+if [ $# -lt 2 ]; then
+    echo "usage: bash tools/dist_train.sh CONFIG NUM_PROCS [train.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 NPROC=$2
 shift 2
+case "$NPROC" in
+    ''|*[!0-9]*|0) echo "$(basename "$0"): NUM_PROCS must be a positive number, got '$NPROC'" >&2; exit 2 ;;
+esac
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
