@@ -54,6 +54,40 @@ def test_make_demo_runs_detection_and_segmentation_by_default(monkeypatch, tmp_p
     assert 'unknown task' in capsys.readouterr().err
 
 
+def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
+    """The train and test runs work in the repository, and tools/demo.py read their
+    outputs relative to the folder it was started in: from elsewhere it failed after
+    training (FileNotFoundError: 'WORK_DIR/cls/last_checkpoint'), having written the work
+    dir into the repository. The tools are stood in for, as the repository sees paths."""
+    import json
+    ran = []
+
+    def run(script, *args):
+        ran.append(script)
+        args = list(args)
+        if script == 'tools/train.py':  # mmengine writes work_dir/last_checkpoint
+            work = osp.join(ROOT, args[args.index('--work-dir') + 1])
+            os.makedirs(work, exist_ok=True)
+            with open(osp.join(work, 'last_checkpoint'), 'w') as f:
+                f.write(osp.join(work, 'epoch_1.pth'))
+        elif script == 'tools/test.py':
+            with open(osp.join(ROOT, args[args.index('--dump-metrics') + 1]), 'w') as f:
+                json.dump({'accuracy/top1': 50.0}, f)
+
+    import asmlp_mm.analysis
+    monkeypatch.setattr(demo, 'run', run)
+    monkeypatch.setattr(demo.make_demo_data, 'is_up_to_date', lambda *a, **k: True)
+    monkeypatch.setattr(asmlp_mm.analysis, 'save_initial_weights', lambda *a: None)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, 'argv', ['demo.py', 'cls', '--work-dir', 'w'])
+    demo.main()
+    assert ran == ['tools/train.py', 'tools/test.py', 'tools/test.py']
+    assert (elsewhere / 'w' / 'cls' / 'last_checkpoint').is_file()
+    assert not osp.exists(osp.join(ROOT, 'w'))
+
+
 def test_make_demo_data_writes_the_datasets(tmp_path):
     """The demo's data step, tools/make_demo_data.py KIND ROOT: every kind names a generator
     of asmlp_mm.datasets, and the command line writes a dataset."""

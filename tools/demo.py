@@ -2,6 +2,9 @@
 
     python tools/demo.py [det] [seg] [cls] [--work-dir work_dirs/demo]
 
+It runs from any folder: the datasets go to the repository's data/demo/, the work dir is
+relative to the folder it is started in.
+
 For each task (default: det and seg) it writes the synthetic shapes dataset (unless
 tools/make_demo_data.py wrote the same one before: see its manifest), trains the
 demo config through tools/train.py, evaluates before and after training through
@@ -114,6 +117,9 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
+    # the train and test runs work in the repository (the configs name data/demo/...
+    # relative to it); the work dir is where the user means it, from where they are
+    args.work_dir = osp.abspath(args.work_dir)
     os.makedirs(args.work_dir, exist_ok=True)
     summary = []
     for task in args.tasks:
