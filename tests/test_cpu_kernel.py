@@ -201,20 +201,19 @@ def test_first_shifts_in_threads_build_and_load_once(tmp_path):
         result.stderr[-3000:]
 
 
-def test_thp_mode_and_switch(tmp_path, monkeypatch):
-    """huge_pages() follows the system's THP mode and ASMLP_MM_HUGE_PAGES."""
+def test_thp_mode_and_switch(tmp_path):
+    """huge_pages() follows the system's THP mode and what the kernel read of
+    ASMLP_MM_HUGE_PAGES when it started (test_huge_pages_can_be_turned_off sets it)."""
     mode = tmp_path / 'enabled'
-    monkeypatch.delenv(cpu_kernel.HUGE_PAGES_SWITCH, raising=False)
+    wanted = torch.ops.asmlp_mm.huge_pages_wanted()
     for text, expected in (('always [madvise] never\n', True), ('[always] madvise never\n', True),
                            ('always madvise [never]\n', False)):
         mode.write_text(text)
-        assert cpu_kernel.huge_pages(str(mode)) is expected, text
+        assert cpu_kernel.huge_pages(str(mode)) is (expected and wanted), text
     assert cpu_kernel.huge_pages(str(tmp_path / 'missing')) is False
     mode.write_text('[always] madvise never\n')
     with cpu_kernel.use_cpu_kernel(False):
         assert cpu_kernel.huge_pages(str(mode)) is False
-    monkeypatch.setenv(cpu_kernel.HUGE_PAGES_SWITCH, '0')
-    assert cpu_kernel.huge_pages(str(mode)) is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/smaps')
@@ -252,11 +251,13 @@ def test_large_outputs_ask_for_huge_pages():
 
 
 HUGE_PAGES_OFF = textwrap.dedent('''
+    import os
     import torch
     from asmlp_mm.ops import axial_shift, cpu_kernel
     from helpers import vma_flags
     x = torch.randn(2, 64, 96, 96)
     out = axial_shift(x, 3, 5)
+    os.environ['ASMLP_MM_HUGE_PAGES'] = '1'  # read once, at the start: changes nothing
     with cpu_kernel.use_cpu_kernel(False):
         assert torch.equal(out, axial_shift(x, 3, 5))
     print(cpu_kernel.enabled(), cpu_kernel.huge_pages(), 'hg' in vma_flags(out.data_ptr()))
@@ -272,14 +273,46 @@ def test_huge_pages_can_be_turned_off():
     assert result.stdout.split() == ['True', 'False', 'False']
 
 
-def test_profiler_sees_the_kernel_outputs():
-    """The kernel's outputs come from its own allocator, which reports them to
-    torch.profiler like the default one (the benchmark's peak memory relies on it)."""
-    x = torch.randn(2, 64, 96, 96)
-    nbytes = x.numel() * x.element_size()
+def memory_events(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:
-        out = axial_shift(x, 3, 5)
-        del out
-    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
-    assert nbytes in sizes and -nbytes in sizes, sizes
+        fn()
+    return [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+
+
+def test_profiler_sees_the_kernel_outputs_as_the_default_allocators():
+    """The kernel's large outputs come from its own allocator, which reports to the default
+    CPU allocator's reporter (the benchmark's peak memory relies on it): an output made and
+    freed while profiling is an allocation and a free; one made before and freed while
+    profiling is nothing, as for a tensor of the default allocator."""
+    x = torch.randn(2, 64, 96, 96)
+    nbytes = x.numel() * x.element_size()
+    assert memory_events(lambda: axial_shift(x, 3, 5)) == [nbytes, -nbytes]
+    for make in (lambda: axial_shift(x, 3, 5), x.clone):
+        made_before = [make()]
+        events = memory_events(made_before.clear)
+        assert events == [], events
+
+
+FORK_WHILE_LOADING = textwrap.dedent('''
+    import os, signal, torch
+    from asmlp_mm.ops import axial_shift, cpu_kernel
+    cpu_kernel._load_lock.acquire()  # as a thread that is building or loading the kernel
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(120)
+        axial_shift(torch.randn(1, 5, 4, 4), 2, 5)
+        os._exit(0 if cpu_kernel.available() else 3)
+    cpu_kernel._load_lock.release()
+    print(os.waitpid(pid, 0)[1])
+''')
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='no fork')
+def test_a_process_forked_while_the_kernel_loads_can_load_it():
+    """The load lock was inherited held by the child, whose first shift then waited
+    forever."""
+    result = subprocess.run([sys.executable, '-c', FORK_WHILE_LOADING], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['0'], result.stdout

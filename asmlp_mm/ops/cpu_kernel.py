@@ -30,6 +30,7 @@ from .switch import KernelSwitch
 SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'axial_shift.cpp')
 ENV_SWITCH = 'ASMLP_MM_CPU_KERNEL'
 #: read by the kernel (csrc/axial_shift.cpp) once, at its first output of 2 MiB or more
+#: (or the first :func:`huge_pages` call), for the rest of the process
 HUGE_PAGES_SWITCH = 'ASMLP_MM_HUGE_PAGES'
 THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 # -fno-tree-loop-distribute-patterns keeps the copy loops as vector loops instead of
@@ -46,6 +47,17 @@ _state = {'loaded': None}
 # would otherwise each build and load the library (torch aborts the process when a second
 # copy registers the operators again) or find another's build half done
 _load_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A process forked while a thread of its parent held the lock (building the kernel)
+    gets a free one; otherwise its first shift would wait forever."""
+    global _load_lock
+    _load_lock = threading.Lock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def available() -> bool:
@@ -68,9 +80,10 @@ use_cpu_kernel = _switch.use
 
 def huge_pages(mode_file: str = THP_MODE_FILE) -> bool:
     """Whether the kernel's outputs of 2 MiB and more get transparent huge pages: the kernel
-    is on, ``ASMLP_MM_HUGE_PAGES`` is not ``0``, and the system's THP mode (``mode_file``)
-    is ``always`` or ``madvise`` (with ``never``, or off Linux, the hint changes nothing)."""
-    if os.environ.get(HUGE_PAGES_SWITCH, '1') == '0' or not enabled():
+    is on, it read ``ASMLP_MM_HUGE_PAGES`` as other than ``0``, and the system's THP mode
+    (``mode_file``) is ``always`` or ``madvise`` (with ``never``, or off Linux, the hint
+    changes nothing)."""
+    if not enabled() or not torch.ops.asmlp_mm.huge_pages_wanted():
         return False
     try:
         with open(mode_file) as f:

@@ -15,10 +15,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,13 +33,13 @@ namespace {
 // The output's memory. A fresh tensor of a few MB is page-faulted in by the first pass that
 // writes it, 4 KiB at a time: for a stage-1 tensor of AS-MLP-T at batch 32 (38.5 MB) the
 // faults took about 6 of a clone's 8.5 ms on the project's 2-core VM, the copy about 2.
-// Outputs of 2 MiB and more are therefore put at 2 MiB boundaries and marked for
+// Outputs of 2 MiB and more are therefore allocated at 2 MiB boundaries and marked for
 // transparent huge pages (Linux, with THP in `always` or `madvise` mode), so that they are
 // faulted in 2 MiB at a time (the shift then took 4.0-4.5 ms there), as PyTorch's own
-// allocator does for every tensor under THP_MEM_ALLOC_ENABLE=1. ASMLP_MM_HUGE_PAGES=0 turns
-// it off; smaller outputs come from PyTorch's allocator. Allocations and frees are reported
-// to the profiler as the default CPU allocator's are, so that torch.profiler's memory
-// figures still count them.
+// allocator does for its allocations of 2 MiB and more under THP_MEM_ALLOC_ENABLE=1.
+// ASMLP_MM_HUGE_PAGES=0 turns it off; smaller outputs come from PyTorch's allocator.
+// Allocations and frees go to the default CPU allocator's memory reporter, so that
+// torch.profiler sees them exactly as it sees that allocator's.
 constexpr size_t kHugePage = size_t(2) << 20;
 
 bool huge_pages_wanted() {
@@ -50,44 +50,28 @@ bool huge_pages_wanted() {
   return wanted;
 }
 
-// A block starts on a 2 MiB boundary with a 64-byte header that holds its size; the data
-// follows (still 64-byte aligned, and the block's first 2 MiB can still be one huge page).
-// So the deleter needs nothing but the data pointer, which stays the DataPtr's context as
-// torch expects of a plain allocation (copy-on-write clones, for one, require it), and
-// there is no table to lock: no lock a fork could leave held, nothing to destroy before
-// the last tensor when the process exits.
-constexpr size_t kHeader = 64;
-std::atomic<size_t> live_bytes{0};  // for the profiler's running total
-
-size_t* size_slot(void* data) {
-  return reinterpret_cast<size_t*>(static_cast<unsigned char*>(data) - kHeader);
-}
-
-void report(void* data, int64_t delta) {
-  const size_t total = live_bytes.fetch_add(static_cast<size_t>(delta)) + delta;
-  if (c10::memoryProfilingEnabled())
-    c10::reportMemoryUsageToProfiler(data, delta, total, 0, c10::Device(c10::DeviceType::CPU));
-}
-
+// The deleter needs only the pointer, which is also the DataPtr's context, as torch
+// expects of a plain allocation (copy-on-write clones, for one, require it).
 void release_huge(void* data) {
-  report(data, -static_cast<int64_t>(*size_slot(data)));
-  std::free(size_slot(data));
+  if (data == nullptr) return;
+  c10::profiledCPUMemoryReporter().Delete(data);
+  std::free(data);
 }
 
 struct HugePageAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (bytes == 0) return c10::DataPtr(nullptr, cpu);
-    void* base = nullptr;
-    TORCH_CHECK_WITH(OutOfMemoryError, bytes <= SIZE_MAX - kHeader &&
-                     posix_memalign(&base, kHugePage, kHeader + bytes) == 0,
-                     "asmlp_mm: could not allocate ", bytes, " bytes for the shift's output");
+    void* data = nullptr;
+    if (posix_memalign(&data, kHugePage, bytes) != 0) {
+      c10::profiledCPUMemoryReporter().OutOfMemory(bytes);
+      TORCH_CHECK_WITH(OutOfMemoryError, false, "asmlp_mm: could not allocate ", bytes,
+                       " bytes for the shift's output");
+    }
 #if defined(MADV_HUGEPAGE)
-    madvise(base, kHeader + bytes, MADV_HUGEPAGE);  // a hint: if refused, nothing changes
+    madvise(data, bytes, MADV_HUGEPAGE);  // a hint: where it is refused, nothing changes
 #endif
-    void* data = static_cast<unsigned char*>(base) + kHeader;
-    *size_slot(data) = bytes;
-    report(data, static_cast<int64_t>(bytes));
+    c10::profiledCPUMemoryReporter().New(data, bytes);
     return {data, data, &release_huge, cpu};
   }
 
@@ -378,6 +362,9 @@ at::Tensor axial_gather(const at::Tensor& x, int64_t dim, at::IntArrayRef group_
 
 TORCH_LIBRARY(asmlp_mm, m) {
   m.def("axial_gather(Tensor x, int dim, int[] group_ends, int[] shifts, int[] index) -> Tensor");
+  // whether outputs of 2 MiB and more are marked for huge pages in this process (fixed at the
+  // first call or the first such output)
+  m.def("huge_pages_wanted() -> bool", [] { return huge_pages_wanted(); });
 }
 
 TORCH_LIBRARY_IMPL(asmlp_mm, CPU, m) {
