@@ -79,6 +79,17 @@ def test_profile_lists_the_operators_that_take_the_time(capsys):
         assert '--profile' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('wrong,named', [
+    (['--compare', '--mode', 'infer'], '--mode: options of a one-config run'),
+    (['--compare', '--amp', '--shape', '64'], '--shape, --amp: options of a one-config run'),
+    ([CLS_DEMO, '--sections', 'shift'], '--sections chooses parts of --compare')])
+def test_options_the_chosen_run_ignores_are_refused(capsys, wrong, named):
+    """--compare ran inference and training at 224 whatever --mode or --shape said."""
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(wrong)
+    assert named in capsys.readouterr().err
+
+
 def test_training_a_pooled_batch_norm_on_one_image_names_the_batch():
     pytest.importorskip('mmseg')  # installed by make install; not with mmcv-lite
     seg_demo = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')

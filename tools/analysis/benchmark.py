@@ -625,6 +625,17 @@ def parse_args(argv=None):
         parser.error(f'--profile takes a number of operators >= 0, got {args.profile}')
     if args.profile and args.compare:
         parser.error('--profile profiles one config; it does not combine with --compare')
+    one_config = ('mode', 'part', 'shape', 'warmup', 'amp', 'channels_last', 'compile',
+                  'cfg_options')
+    given = [f'--{name.replace("_", "-")}' for name in one_config
+             if getattr(args, name) != parser.get_default(name)]
+    if args.compare and given:
+        parser.error(f'{", ".join(given)}: options of a one-config run, which --compare '
+                     f'does not take (it runs inference and training at 224x224; its '
+                     f'sections "variants" and "compile" run --amp, --channels-last and '
+                     f'--compile)')
+    if not args.compare and args.sections != parser.get_default('sections'):
+        parser.error('--sections chooses parts of --compare')
     if len(args.shape) not in (1, 2):
         parser.error(f'--shape takes H W or one size, got {args.shape}')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
