@@ -154,6 +154,28 @@ def test_imagenet_list_files_are_read_as_by_mmpretrain(tmp_path):
         assert int(sample['data_samples'].gt_label) == 999
 
 
+def test_imagenet_with_absolute_paths_needs_no_data_root(tmp_path):
+    """A list file and image folder given as absolute paths are not joined with data_root
+    (the configs' 'data/imagenet'), which need not exist."""
+    root = tiny_imagenet(str(tmp_path / 'imagenet'))
+    dataset = build_dataset(CLS_TINY, 'train_dataloader', data_root=str(tmp_path / 'nowhere'),
+                            ann_file=osp.join(root, 'meta', 'train.txt'),
+                            data_prefix=osp.join(root, 'train'))
+    assert len(dataset) == 2
+
+
+def test_paths_of_a_storage_that_cannot_tell_are_not_checked(tmp_path, monkeypatch):
+    """mmengine's HTTP backend has no exists(): the check leaves such paths to the
+    dataset (it failed with AttributeError)."""
+    from mmengine.fileio import HTTPBackend
+
+    from asmlp_mm.datasets.checks import MissingDataError, require_paths
+    assert not hasattr(HTTPBackend, 'exists')
+    require_paths('D', [('annotation file', 'http://127.0.0.1:1/a.json')], 'LAYOUT')
+    with pytest.raises(MissingDataError, match="D: the list file 'x/y.txt' does not exist"):
+        require_paths('D', [('list file', ''), ('list file', 'x/y.txt')], 'LAYOUT')
+
+
 @pytest.mark.parametrize('case', ['bad line', 'class 1000', 'class -1', 'missing image',
                                   'cut short', 'listed twice, two classes'])
 def test_imagenet_bad_list_files_and_images_are_named(tmp_path, case):
@@ -460,7 +482,7 @@ def test_odd_images_through_the_segmentation_demo(tmp_path):
 @pytest.mark.parametrize('config,what,missing,layout', [
     (DET_DEMO, 'annotation file', 'annotations/instances_train.json', 'COCO 2017 is expected'),
     (SEG_DEMO, 'image folder', 'images/training', 'ADE20K is expected'),
-    (CLS_TINY, 'data_root', '', "ImageNet is expected in mmpretrain's layout")])
+    (CLS_TINY, 'image folder', 'train', "ImageNet is expected in mmpretrain's layout")])
 def test_missing_dataset_folders_are_reported_with_the_expected_layout(
         tmp_path, config, what, missing, layout):
     from asmlp_mm.datasets.checks import MissingDataError

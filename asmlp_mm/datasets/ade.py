@@ -134,10 +134,11 @@ class CheckedADE20KDataset(ADE20KDataset):
     def load_data_list(self) -> List[dict]:
         """A missing image or label folder is refused (with what the dataset expects);
         then mmseg's listing of images and label maps, then the check of the files."""
-        require_paths(type(self).__name__,
-                      [('image folder', self.data_prefix.get('img_path')),
-                       ('label folder', self.data_prefix.get('seg_map_path')),
-                       ('list file', self.ann_file)], LAYOUT, self.backend_args)
+        if self.check_files:
+            require_paths(type(self).__name__,
+                          [('image folder', self.data_prefix.get('img_path')),
+                           ('label folder', self.data_prefix.get('seg_map_path')),
+                           ('list file', self.ann_file)], LAYOUT, self.backend_args)
         data_list = super().load_data_list()
         if self.check_files:
             self._check_files(data_list)

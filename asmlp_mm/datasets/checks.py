@@ -34,12 +34,13 @@ def require_paths(dataset: str, paths: Sequence[Tuple[str, str]], layout: str,
     """Raise :class:`MissingDataError` for the first of ``paths`` (pairs of what it is and
     the path) that does not exist: its name, the path and, for a relative local path, the
     folder it was looked for in; then ``layout``, what the dataset expects and how to
-    point the config at it. Empty paths are skipped."""
+    point the config at it. Empty paths, and paths of a storage that cannot tell whether a
+    path exists (mmengine's HTTP backend), are skipped."""
     for what, path in paths:
         if not path:
             continue
         backend = get_file_backend(path, backend_args=backend_args)
-        if backend.exists(path):
+        if not hasattr(backend, 'exists') or backend.exists(path):
             continue
         where = ''
         if isinstance(backend, LocalBackend) and not osp.isabs(path):

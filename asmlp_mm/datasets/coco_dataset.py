@@ -315,9 +315,11 @@ class CheckedCocoDataset(CocoDataset):
         """Refuse a missing annotation file or image folder (with what the dataset
         expects), then ``CocoDataset``'s listing, which reads the file through
         :meth:`COCOAPI`."""
-        require_paths(type(self).__name__, [('annotation file', self.ann_file),
-                                            ('image folder', self.data_prefix.get('img'))],
-                      LAYOUT, self.backend_args)
+        if self.check_files:
+            require_paths(type(self).__name__,
+                          [('annotation file', self.ann_file),
+                           ('image folder', self.data_prefix.get('img'))],
+                          LAYOUT, self.backend_args)
         return super().load_data_list()
 
     def COCOAPI(self, local_path: str) -> COCO:  # noqa: N802 (the name CocoDataset calls)

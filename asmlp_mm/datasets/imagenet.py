@@ -64,10 +64,10 @@ class CheckedImageNet(ImageNet):
         """A missing image folder or list file is refused (with what the dataset expects);
         then mmpretrain's listing (a line of the list file that it cannot parse is named),
         then the checks of the class indices and the images."""
-        require_paths(type(self).__name__, [('data_root', self.data_root),
-                                            ('image folder', self.img_prefix),
-                                            ('list file', self.ann_file)],
-                      LAYOUT, getattr(self, 'backend_args', None))
+        if self.check_files:
+            require_paths(type(self).__name__, [('image folder', self.img_prefix),
+                                                ('list file', self.ann_file)],
+                          LAYOUT, getattr(self, 'backend_args', None))
         try:
             data_list = super().load_data_list()
         except ValueError:  # a line mmpretrain cannot split or parse: name it
