@@ -1,4 +1,5 @@
 """tools/train.py and tools/test.py given wrong options or unusable checkpoints."""
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -189,8 +190,8 @@ def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
 
 @pytest.mark.parametrize('tool', [TRAIN, TEST])
 @pytest.mark.parametrize('work_dir,message', [
-    ('a_file', "cannot be made: File exists ('{}' is a file)"),
-    ('a_file/work', "cannot be made: Not a directory ('{}' is a file)")])
+    ('a_file', 'cannot be made: it exists and is not a folder'),
+    ('a_file/work', "cannot be made: '{}' is a file")])
 def test_a_work_dir_that_cannot_be_made_is_refused(tmp_path, tool, work_dir, message):
     """mmengine failed with FileExistsError / NotADirectoryError tracebacks."""
     (tmp_path / 'a_file').write_text('')
@@ -202,8 +203,9 @@ def test_a_work_dir_that_cannot_be_made_is_refused(tmp_path, tool, work_dir, mes
 
 
 def test_checking_the_work_dir_leaves_no_folders_behind(tmp_path):
-    """Folders made to see whether the work dir can be made are removed again (a run refused
-    later, e.g. for a cfg option, leaves nothing behind)."""
+    """The check makes nothing (a run refused later, e.g. for a cfg option, leaves nothing
+    behind; the processes of a distributed run check at once), and refuses a folder it
+    cannot write in."""
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     from _common import check_work_dir
     check_work_dir(str(tmp_path / 'a' / 'b' / 'c'))
@@ -211,3 +213,38 @@ def test_checking_the_work_dir_leaves_no_folders_behind(tmp_path):
     (tmp_path / 'kept').mkdir()
     check_work_dir(str(tmp_path / 'kept'))
     assert [p.name for p in tmp_path.iterdir()] == ['kept']
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / 'kept').chmod(0o500)
+        with pytest.raises(SystemExit, match='is not writable'):
+            check_work_dir(str(tmp_path / 'kept' / 'work'))
+
+
+def test_a_data_error_is_its_message_and_the_traceback_of_its_cause():
+    """The tools print a DataError without a traceback; where it wraps another error (a
+    label map that the configured decoder could not read: a missing tifffile gave
+    AttributeError), that error's traceback follows, which points at the real problem."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from _common import run_loop
+
+    from asmlp_mm.datasets.checks import InvalidDataError, MissingDataError
+
+    class Runner:
+        def register_hook(self, *args, **kwargs):
+            pass
+
+    def wrapped():
+        try:
+            None.imread
+        except AttributeError as err:
+            raise InvalidDataError('label map x.png cannot be read') from err
+
+    def plain():
+        raise MissingDataError('the image folder y does not exist')
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_loop(wrapped, Runner())
+    text = str(exit_info.value)
+    assert text.startswith('label map x.png cannot be read\n\ncaused by:\nTraceback')
+    assert text.endswith("AttributeError: 'NoneType' object has no attribute 'imread'")
+    with pytest.raises(SystemExit, match=r'^the image folder y does not exist$'):
+        run_loop(plain, Runner())

@@ -8,6 +8,7 @@ import logging
 import os
 import os.path as osp
 import sys
+import traceback
 import warnings
 
 # mmengine, mmdet and mmseg import pkg_resources, and setuptools (< 82, which mmcv's build
@@ -64,24 +65,20 @@ def load_config(args) -> Config:
 
 def check_work_dir(path: str) -> None:
     """Refuse, before anything is built, a work dir that cannot be made or written to
-    (mmengine fails with a traceback). Folders made to find out are removed again, so that a
-    run refused later leaves nothing behind."""
+    (mmengine fails with a traceback): one that is a file, lies under a file, or whose
+    nearest existing folder is not writable. Makes nothing (every process of a distributed
+    run checks at once)."""
     path = osp.abspath(path)
     existing = path
-    while not osp.exists(existing):
+    while not osp.lexists(existing):
         existing = osp.dirname(existing)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise SystemExit(f'work dir {path!r} cannot be made: {err.strerror or err}'
-                         + (f' ({existing!r} is a file)' if osp.isfile(existing) else ''))
-    writable = os.access(path, os.W_OK | os.X_OK)
-    made = path
-    while made != existing:  # remove what makedirs made, innermost first
-        os.rmdir(made)
-        made = osp.dirname(made)
-    if not writable:
-        raise SystemExit(f'work dir {path!r} is not writable')
+    if existing == path and not osp.isdir(path):
+        raise SystemExit(f'work dir {path!r} cannot be made: it exists and is not a folder')
+    if not osp.isdir(existing):
+        raise SystemExit(f'work dir {path!r} cannot be made: {existing!r} is a file')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f'work dir {path!r} cannot be made: {existing!r} is not writable'
+                         if existing != path else f'work dir {path!r} is not writable')
 
 
 def keep_memory_on_cpu():
@@ -133,8 +130,12 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     runner.register_hook(ProcessCountHook())
     try:
         return run()
-    except (CheckpointError, CheckpointMismatchError, ConfigMismatchError, DataError) as err:
+    except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:
         raise SystemExit(str(err))
+    except DataError as err:  # the message; and where a cause came from, its traceback
+        cause = err.__cause__
+        raise SystemExit(str(err) + ('' if cause is None else '\n\ncaused by:\n' + ''.join(
+            traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()))
     finally:
         shutdown_distributed()
 
