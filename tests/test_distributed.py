@@ -286,11 +286,22 @@ def test_slurm_script_asks_srun_for_one_task_per_gpu(tmp_path):
     ('dist_train.sh', [], 'usage: bash tools/dist_train.sh CONFIG NUM_PROCS'),
     ('dist_test.sh', ['CONFIG', 'CKPT'], 'usage: bash tools/dist_test.sh CONFIG CHECKPOINT '
      'NUM_PROCS'),
-    ('dist_train.sh', ['CONFIG', '--amp'], "NUM_PROCS must be a positive number, got '--amp'"),
-    ('dist_test.sh', ['CONFIG', 'CKPT', '0'], "NUM_PROCS must be a positive number, got '0'"),
+    ('dist_train.sh', ['CONFIG', '--amp'], "got '--amp'"),
+    ('dist_test.sh', ['CONFIG', 'CKPT', '0'], "got '0'"),
+    ('dist_test.sh', ['CONFIG', 'CKPT', '00'], "got '00'"),
 ])
 def test_dist_scripts_name_a_missing_or_bad_argument(script, args, message):
     """With an argument left out they exited silently (set -e and shift), with rc 1."""
     result = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize('nproc', ['8', '12', 'auto', 'cpu', 'gpu'])
+def test_dist_scripts_pass_numbers_and_torchruns_names_on(nproc):
+    result = subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), 'CONFIG', nproc,
+                             '--cfg-options', 'a=1'], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHON='echo'))
+    assert result.returncode == 0, result.stderr
+    assert f'--nproc_per_node={nproc} ' in result.stdout
+    assert result.stdout.rstrip().endswith('CONFIG --launcher pytorch --cfg-options a=1')

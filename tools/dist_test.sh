@@ -10,9 +10,12 @@ CONFIG=$1
 CHECKPOINT=$2
 NPROC=$3
 shift 3
-case "$NPROC" in
-    ''|*[!0-9]*|0) echo "$(basename "$0"): NUM_PROCS must be a positive number, got '$NPROC'" >&2; exit 2 ;;
-esac
+# a number of processes, or one of torchrun's names for one
+if ! [[ "$NPROC" =~ ^([1-9][0-9]*|auto|cpu|gpu)$ ]]; then
+    echo "$(basename "$0"): NUM_PROCS must be a positive number (or torchrun's auto, cpu," \
+        "gpu), got '$NPROC'" >&2
+    exit 2
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
