@@ -52,7 +52,9 @@ def test_recipe_rates_are_swins_scaled_to_the_batch(name):
     # both stepped every iteration, as timm's scheduler in the released code (mmpretrain's
     # Swin schedule steps the cosine once an epoch)
     assert warmup.convert_to_iter_based and cosine.convert_to_iter_based
-    assert cosine.eta_min == pytest.approx(floor * scale)
+    # a ratio of the peak, so that --auto-scale-lr scales the floor too, as Swin's code does
+    assert 'eta_min' not in cosine
+    assert optimizer.lr * cosine.eta_min_ratio == pytest.approx(floor * scale)
     assert cfg.train_cfg.max_epochs == epochs
 
 
@@ -90,15 +92,16 @@ def test_learning_rate_follows_timms_cosine(name):
         rates.append(optimizer.param_groups[0]['lr'])
         for scheduler in schedulers:
             scheduler.step()
+    floor = base * cosine.eta_min_ratio
     expected = [timm_cosine_lr(t, total, warmup_iters, base, base * warmup.start_factor,
-                               cosine.eta_min) for t in range(total)]
+                               floor) for t in range(total)]
     drop = 1 - 0.5 * (1 + math.cos(math.pi * warmup.end / epochs))
     for t, (rate, timm) in enumerate(zip(rates, expected)):
         if t >= warmup_iters:
             assert rate == pytest.approx(timm, rel=1e-3), t
         else:
             assert timm * (1 - drop) * 0.999 <= rate <= timm * (1 + 1 / (warmup_iters - 1)), t
-    assert rates[-1] == pytest.approx(cosine.eta_min, rel=0.01)
+    assert rates[-1] == pytest.approx(floor, rel=0.01)
 
 
 def test_tiny_train_and_test_through_tools(tmp_path):

@@ -23,10 +23,12 @@ optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
 # epoch), whose cosine spans the whole run, warm-up included, so that it is already 1.1%
 # below the peak when the warm-up ends. Hence the cosine begins at 0 and overlaps the
 # warm-up (mmengine multiplies the two there, up to 1.1% below timm's warm-up); from the
-# end of the warm-up on, the rate is timm's (tests/test_classification.py).
+# end of the warm-up on, the rate is timm's (tests/test_classification.py). Its floor is
+# 1e-5 = 0.01 x the peak, given as a ratio so that --auto-scale-lr scales it with the peak,
+# as the released code scales all three rates with the batch.
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=20,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0,
+    dict(type='CosineAnnealingLR', eta_min_ratio=0.01, by_epoch=True, begin=0,
          convert_to_iter_based=True),
 ]
