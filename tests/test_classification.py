@@ -132,6 +132,21 @@ def test_tiny_train_and_test_through_tools(tmp_path):
     assert not (tmp_path / 'drawn').exists()
 
 
+def test_mmpretrains_browse_dataset_runs_our_configs(tmp_path):
+    """mmpretrain's packaged tools/visualization/browse_dataset.py passes cfg.visualizer to
+    the visualizer's constructor; inherited through 'mmpretrain::' it held a _scope_ key
+    (TypeError). Its default mode fails with this matplotlib for any config, so 'original'."""
+    import mmpretrain
+    data = tmp_path / 'shapes_cls'
+    make_classification_folder(str(data), num_train=2, num_val=1, size=32)
+    tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'visualization',
+                    'browse_dataset.py')
+    config = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+    run_tool(tool, config, '-o', 'out', '-n', '2', '-m', 'original', '--cfg-options',
+             f'train_dataloader.dataset.data_root={data}', cwd=tmp_path, threads=1)
+    assert len(list((tmp_path / 'out').glob('*.png'))) == 2
+
+
 def test_demo_learns_the_shapes(tmp_path):
     """The classification demo as `python tools/demo.py cls` runs it (its dataset of 200
     images per class, its 40 epochs) ends well above chance (33.3% on three classes); it

@@ -17,6 +17,12 @@ train_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 val_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 test_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 
+# mmpretrain's visualizer, restated: inherited through "mmpretrain::" it carries a _scope_
+# key, which mmpretrain's tools/visualization/browse_dataset.py passes on to the
+# visualizer's constructor (TypeError)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
+
 optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
 # The learning rate of the released AS-MLP (and Swin) code: timm's cosine scheduler, stepped
 # every iteration (t_in_epochs=False; mmpretrain's Swin schedule steps the cosine once an
