@@ -34,6 +34,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && mmcv_ok; then
     exit 0
 fi
 
+# 0. disk space. A new venv takes about 6.5 GiB (torch 2.14.1 is a CUDA build); pip stops
+#    half-way with "No space left on device" otherwise, leaving a broken venv behind.
+need_gib=${ASMLP_MM_NEED_GIB:-8}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    free_kib=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $((need_gib * 1024 * 1024)) ]; then
+        log "ERROR: $((free_kib / 1024 / 1024)) GiB free on the disk of $VENV; installing torch and the OpenMMLab stack needs about $need_gib GiB."
+        log "Free some space, or put the venv on another disk: VENV=/path/to/venv bash tools/install.sh"
+        exit 1
+    fi
+fi
+
 # 1. torch first: mmcv compiles its ops against the installed torch.
 log "torch"
 "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
