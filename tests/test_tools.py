@@ -248,3 +248,47 @@ def test_a_data_error_is_its_message_and_the_traceback_of_its_cause():
     assert text.endswith("AttributeError: 'NoneType' object has no attribute 'imread'")
     with pytest.raises(SystemExit, match=r'^the image folder y does not exist$'):
         run_loop(plain, Runner())
+
+
+class _BadLabels(torch.utils.data.Dataset):
+    """A dataset whose item fails as a checked dataset's would: plainly, or wrapping the
+    decoder's error."""
+
+    def __init__(self, wrapped: bool):
+        self.wrapped = wrapped
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, idx):
+        from asmlp_mm.datasets.checks import InvalidDataError
+        if not self.wrapped:
+            raise InvalidDataError('label map a.png has 3 channels:\nuse mode L')
+        try:
+            None.imread
+        except AttributeError as err:
+            raise InvalidDataError('label map x.png cannot be read') from err
+
+
+@pytest.mark.parametrize('wrapped', [False, True])
+def test_a_data_error_of_a_dataloader_worker_reads_as_in_the_main_process(wrapped):
+    """A DataLoader worker's error arrives as a new error whose message is the worker's
+    traceback; the tools print the original message (and the cause's traceback), not the
+    traceback of the checks."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from _common import data_error_text
+
+    from asmlp_mm.datasets.checks import InvalidDataError
+    loader = torch.utils.data.DataLoader(_BadLabels(wrapped), num_workers=1)
+    with pytest.raises(InvalidDataError) as error_info:
+        next(iter(loader))
+    assert 'DataLoader worker process 0' in str(error_info.value)  # torch's layout
+    text = data_error_text(error_info.value)
+    if not wrapped:
+        assert text == ('label map a.png has 3 channels:\nuse mode L '
+                        '(in DataLoader worker process 0)')
+    else:
+        assert text.startswith('label map x.png cannot be read (in DataLoader worker process 0)'
+                               '\n\ncaused by:\nTraceback (most recent call last):\n')
+        assert text.endswith("AttributeError: 'NoneType' object has no attribute 'imread'")
+        assert 'The above exception' not in text and 'Caught' not in text

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import os.path as osp
+import re
 import sys
 import traceback
 import warnings
@@ -132,12 +133,47 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
         return run()
     except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:
         raise SystemExit(str(err))
-    except DataError as err:  # the message; and where a cause came from, its traceback
-        cause = err.__cause__
-        raise SystemExit(str(err) + ('' if cause is None else '\n\ncaused by:\n' + ''.join(
-            traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()))
+    except DataError as err:
+        raise SystemExit(data_error_text(err))
     finally:
         shutdown_distributed()
+
+
+def data_error_text(err: BaseException) -> str:
+    """What the tools print of a ``DataError``: its message and, where it wraps another
+    error, that error's traceback (which points at the real problem).
+
+    An error of a DataLoader worker reaches the main process as a new exception of the same
+    type whose message is the worker's whole traceback ("Caught InvalidDataError in
+    DataLoader worker process 0. Original Traceback ..."); it is taken apart again, so that
+    a worker's error reads as the same error raised in the main process.
+    """
+    text = str(err)
+    header = _WORKER_ERROR.match(text)
+    if header is None:
+        cause = err.__cause__
+        if cause is None:
+            return text
+        return text + '\n\ncaused by:\n' + ''.join(
+            traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()
+    kind = type(err).__qualname__
+    if type(err).__module__ not in ('builtins', '__main__'):
+        kind = f'{type(err).__module__}.{kind}'
+    tracebacks, found, message = text.rpartition(f'\n{kind}: ')
+    if not found:  # not the layout of torch's ExceptionWrapper: print it as it is
+        return text
+    where = f' (in DataLoader worker process {header.group(1)})'
+    cause, linked, _ = tracebacks.partition(_CAUSE_LINK)
+    if not linked:
+        return message.rstrip() + where
+    cause = cause[header.end():].lstrip('\n')
+    return message.rstrip() + where + '\n\ncaused by:\n' + cause.rstrip()
+
+
+# torch.utils.data's ExceptionWrapper: "Caught {type} in DataLoader worker process {n}.\n
+# Original {traceback}"; and the line Python writes between a cause and its consequence
+_WORKER_ERROR = re.compile(r'Caught \w+ in DataLoader worker process (\d+)\.\nOriginal ')
+_CAUSE_LINK = '\nThe above exception was the direct cause of the following exception:\n'
 
 
 def exit_after_success():
