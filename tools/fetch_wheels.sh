@@ -22,7 +22,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_V
     --implementation cp --platform manylinux2014_x86_64 -d "$DIR" \
     "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" "mmcv-lite==$MMCV_VERSION" \
     addict yapf termcolor platformdirs mat4py model-index ordered-set \
-    'importlib-metadata<8.8' 'setuptools>=77,<81'
-# importlib-metadata >= 8.8 needs lazy-importer; setuptools < 81 still has pkg_resources,
+    'importlib-metadata<8.8' 'setuptools>=77,<82'
+# importlib-metadata >= 8.8 needs lazy-importer; setuptools < 82 still has pkg_resources,
 # which mmengine's package lookups (the `mmpretrain::` config bases) import
 ls "$DIR"
