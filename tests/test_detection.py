@@ -171,7 +171,7 @@ def assert_shared_recipe(cfg):
     assert cfg.model.neck.in_channels == [width, 2 * width, 4 * width, 8 * width]
     optimizer = cfg.optim_wrapper.optimizer
     assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
-    assert cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys == {'norm': dict(decay_mult=0.)}
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
     multi_scale, crop = cfg.train_pipeline[3].transforms
     scales = [(s, 1333) for s in range(480, 801, 32)]
@@ -193,22 +193,24 @@ def test_demo_changes_only_sizes_of_the_real_config():
     assert demo.model.type == real.model.type
 
 
-def test_no_weight_decay_on_norm_layers():
+def test_no_weight_decay_on_the_backbones_norm_layers():
+    """As in the authors' released detection configs: no weight decay on the backbone's
+    GroupNorms; everything else, the cascade heads' SyncBN included, decays."""
     from mmengine.optim import build_optim_wrapper
     cfg = Config.fromfile(DEMO)
     model = build_model_from_config(cfg)
     with DefaultScope.overwrite_default_scope('mmdet'):
         optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
     decay = {id(p): g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
-    norms = (torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
     checked = set()
     for name, module in model.named_modules():
-        expected = 0. if isinstance(module, norms) else 0.05
+        in_backbone = name.startswith('backbone.')
+        expected = 0. if in_backbone and isinstance(module, torch.nn.GroupNorm) else 0.05
         for p in module.parameters(recurse=False):
             assert decay[id(p)] == expected, name
-            checked.add(name.split('.')[0] + ('.norm' if expected == 0 else ''))
-    # norms of the backbone (GroupNorm) and of the box heads (SyncBN), the rest decays
-    assert {'backbone.norm', 'roi_head.norm', 'backbone', 'neck', 'roi_head'} <= checked
+            checked.add((name.split('.')[0], type(module).__name__, expected))
+    assert {('backbone', 'GroupNorm', 0.), ('backbone', 'Conv2d', 0.05),
+            ('roi_head', 'SyncBatchNorm', 0.05), ('neck', 'Conv2d', 0.05)} <= checked
 
 
 def packed_sample(rng, size=64):

@@ -42,5 +42,6 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
         _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    # GroupNorm of the backbone and (Sync)BN of the heads
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    # the backbone's GroupNorms (every parameter named *norm*), as the authors' released
+    # configs and mmdet's Swin configs; the heads' SyncBN ("bn") keeps the weight decay
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
