@@ -136,6 +136,8 @@ def test_traceable_and_exportable():
     (dict(dilation=0), 'dilation'),
     (dict(padding='mirror'), 'padding'),
     (dict(dim=1), 'dim'),
+    (dict(dim=2.0), 'dim'),
+    (dict(shift_size=5.0), 'shift_size'),
 ])
 def test_bad_arguments(kwargs, match):
     args = dict(dim=2, shift_size=5, dilation=1, padding='zero')
@@ -143,3 +145,43 @@ def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         axial_shift(torch.zeros(1, 5, 4, 4), **args)
 
+
+
+def test_numpy_integer_arguments():
+    import numpy as np
+    x = torch.randn(1, 7, 5, 6)
+    out = axial_shift(x, np.int64(3), np.int64(5), np.int32(2), 'reflect')
+    torch.testing.assert_close(out, naive_shift(x, 3, 5, 2, 'reflect'), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('mode', PADDING_MODES)
+def test_no_channels(mode):
+    """A tensor without channels has nothing to shift: an empty result on every path."""
+    x = torch.randn(2, 0, 4, 5, requires_grad=True)
+    out = axial_shift(x, 2, 5, 1, mode)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize('mode', PADDING_MODES)
+def test_torch_func_transforms(mode):
+    """torch.func's grad, jacrev and vmap take the shift, and agree with the reference."""
+    from torch.func import grad, jacrev, vmap
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 4, 5, dtype=torch.float64)
+    weight = torch.randn_like(x)
+    ours = grad(lambda t: (axial_shift(t, 3, 5, 1, mode) * weight).sum())(x)
+    ref, = torch.autograd.grad((naive_shift(x.requires_grad_(), 3, 5, 1, mode) * weight).sum(),
+                               x)
+    torch.testing.assert_close(ours, ref)
+    x = x.detach()
+    jacobian = jacrev(lambda t: axial_shift(t, 2, 3, 1, mode))(x)
+    ref = torch.autograd.functional.jacobian(lambda t: naive_shift(t, 2, 3, 1, mode), x)
+    torch.testing.assert_close(jacobian, ref)
+    batch = torch.randn(3, 2, 6, 4, 5, dtype=torch.float64)
+    for in_dim in (0, 2):
+        mapped = vmap(lambda t: axial_shift(t, 3, 5, 2, mode), in_dims=in_dim)(
+            batch.movedim(0, in_dim))
+        torch.testing.assert_close(
+            mapped, torch.stack([naive_shift(b, 3, 5, 2, mode) for b in batch]))

@@ -19,8 +19,10 @@ few border rows). Under autograd a custom function runs the exact adjoint in bac
 intermediate tensors are kept.
 """
 import functools
+import numbers
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,14 +32,19 @@ from .pointwise import is_traced
 PADDING_MODES = ('zero', 'replicate', 'reflect', 'circular')
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy one, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_shift_args(shift_size: int, dilation: int, padding: str) -> None:
     """Raise ``ValueError`` for arguments the axial shift does not accept."""
-    if isinstance(shift_size, bool) or not isinstance(shift_size, int) or shift_size < 1:
+    if not is_int(shift_size) or shift_size < 1:
         raise ValueError(f'shift_size must be a positive odd integer, got {shift_size!r}')
     if shift_size % 2 == 0:
         raise ValueError(f'shift_size must be odd so that the shifts are symmetric '
                          f'around zero, got {shift_size}')
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+    if not is_int(dilation) or dilation < 1:
         raise ValueError(f'dilation must be an integer >= 1, got {dilation!r}')
     if padding not in PADDING_MODES:
         raise ValueError(f'padding must be one of {PADDING_MODES}, got {padding!r}')
@@ -100,8 +107,9 @@ def gather_plan(channels: int, length: int, shift_size: int, dilation: int, padd
 
 def _use_kernel(x: Tensor) -> bool:
     """Whether a kernel takes the shift: the compiled one on CPU, the Triton one on CUDA."""
-    if x.layout != torch.strided or x.is_quantized or x.element_size() not in (1, 2, 4, 8) \
-            or is_traced():
+    if is_traced():  # first: dynamo refuses reads of .layout in an autograd.Function
+        return False
+    if x.layout != torch.strided or x.is_quantized or x.element_size() not in (1, 2, 4, 8):
         return False
     if x.device.type == 'cpu':
         return cpu_kernel.enabled()
@@ -220,29 +228,54 @@ def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
     return out
 
 
+def _vmapped(function, in_dims, x: Tensor, args) -> Tuple[Tensor, Optional[int]]:
+    """``function`` under ``torch.func.vmap``: the mapped dimension of ``x`` joins its
+    batch dimension, since the shift treats every image alike."""
+    if in_dims[0] is None:
+        return function.apply(x, *args), None
+    x = x.movedim(in_dims[0], 0)
+    return function.apply(x.flatten(0, 1), *args).unflatten(0, x.shape[:2]), 0
+
+
 class _AxialShiftFunction(torch.autograd.Function):
+    """The shift with its adjoint as backward; in the form (``setup_context``, ``vmap``)
+    that ``torch.func`` transforms (grad, jacrev, vmap) accept."""
 
     @staticmethod
-    def forward(ctx, x, dim, shift_size, dilation, padding):
-        ctx.args = (dim, shift_size, dilation, padding)
+    def forward(x, dim, shift_size, dilation, padding):
         return _shift_forward(x, dim, shift_size, dilation, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.args = inputs[1:]
 
     @staticmethod
     def backward(ctx, grad):
         return _AxialShiftAdjoint.apply(grad, *ctx.args), None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, *args):
+        return _vmapped(_AxialShiftFunction, in_dims, x, args)
 
 
 class _AxialShiftAdjoint(torch.autograd.Function):
     """The adjoint as a function of its own, so that double backward works too."""
 
     @staticmethod
-    def forward(ctx, grad, dim, shift_size, dilation, padding):
-        ctx.args = (dim, shift_size, dilation, padding)
+    def forward(grad, dim, shift_size, dilation, padding):
         return _shift_adjoint(grad, dim, shift_size, dilation, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.args = inputs[1:]
 
     @staticmethod
     def backward(ctx, grad):
         return _AxialShiftFunction.apply(grad, *ctx.args), None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, grad, *args):
+        return _vmapped(_AxialShiftAdjoint, in_dims, grad, args)
 
 
 def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
@@ -262,11 +295,14 @@ def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
         Tensor: A new tensor of the same shape, dtype and device.
     """
     check_shift_args(shift_size, dilation, padding)
+    shift_size, dilation = int(shift_size), int(dilation)  # numpy integers too
     if x.dim() != 4:
         raise ValueError(f'axial_shift expects an NCHW tensor, got shape {tuple(x.shape)}')
-    if dim not in (2, 3, -1, -2):
-        raise ValueError(f'dim must be 2 (H) or 3 (W) of an NCHW tensor, got {dim}')
-    dim = dim % 4
+    if not is_int(dim) or dim not in (2, 3, -1, -2):
+        raise ValueError(f'dim must be 2 (H) or 3 (W) of an NCHW tensor, got {dim!r}')
+    dim = int(dim) % 4
+    if x.shape[1] == 0:  # no channel to shift (and no group to plan)
+        return x.clone()
     if torch.onnx.is_in_onnx_export():
         return _shift_functional(x, dim, shift_size, dilation, padding)
     if not (x.requires_grad and torch.is_grad_enabled()):
