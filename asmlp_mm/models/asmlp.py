@@ -40,16 +40,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compat import guard_group_norms
 from ..ops import axial_shift, check_shift_args
+from ..ops.axial_shift import is_int
 from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
                              hooks_see, is_channels_last, is_traced, may_overwrite,
                              packed_weights, pointwise_conv)
 
 CONNECTIONS = ('parallel', 'serial')
-
-
-def is_int(value) -> bool:
-    """Whether ``value`` is an integer (a Python or numpy one, not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def check_positive_int(value, name: str) -> None:
@@ -203,8 +199,8 @@ class AxialShiftMixer(nn.Module):
         check_shift_args(shift_size, dilation, padding)
         if connection not in CONNECTIONS:
             raise ValueError(f'connection must be one of {CONNECTIONS}, got {connection!r}')
-        self.shift_size = shift_size
-        self.dilation = dilation
+        self.shift_size = int(shift_size)
+        self.dilation = int(dilation)
         self.padding = padding
         self.serial = connection == 'serial'
         self.proj_in = conv1x1(channels, channels)
@@ -410,7 +406,11 @@ class ASMLP(BaseModule):
             raise ValueError(f'frozen_stages must be an integer in [-1, {self.num_stages}], '
                              f'got {frozen_stages!r}')
         self.frozen_stages = int(frozen_stages)
-        self.norm_eval = norm_eval
+        for flag, name in ((norm_eval, 'norm_eval'), (with_cp, 'with_cp')):
+            if not isinstance(flag, (bool, np.bool_)):  # a string such as 'no' is true
+                raise TypeError(f'{name} must be True or False, got {flag!r} '
+                                f'({type(flag).__name__})')
+        self.norm_eval = bool(norm_eval)
 
         self.embed_dims = embed_dims
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
@@ -456,13 +456,22 @@ class ASMLP(BaseModule):
         if missing:
             raise ValueError(f'A custom arch dict needs the keys "embed_dims" and "depths"; '
                              f'missing {sorted(missing)} in {arch}')
-        depths = list(arch['depths'])
-        if len(depths) != cls.num_stages or any(int(d) < 1 for d in depths):
-            raise ValueError(f'arch "depths" must list {cls.num_stages} positive block '
-                             f'counts, got {arch["depths"]}')
-        if int(arch['embed_dims']) < 1:
-            raise ValueError(f'arch "embed_dims" must be positive, got {arch["embed_dims"]}')
-        return dict(deepcopy(arch), depths=depths)
+        unknown = set(arch) - set(cls.arch_zoo['tiny'])
+        if unknown:
+            raise ValueError(f'A custom arch dict takes the keys {sorted(cls.arch_zoo["tiny"])}'
+                             f'; unknown {sorted(unknown)} in {arch}')
+        depths = arch['depths']
+        if isinstance(depths, Iterable) and not isinstance(depths, (str, bytes)):
+            depths = list(depths)
+        if not isinstance(depths, list) or len(depths) != cls.num_stages or \
+                not all(is_int(d) and d >= 1 for d in depths):
+            raise ValueError(f'arch "depths" must list {cls.num_stages} positive integer '
+                             f'block counts, got {depths!r}')
+        if not is_int(arch['embed_dims']) or arch['embed_dims'] < 1:
+            raise ValueError(f'arch "embed_dims" must be a positive integer, got '
+                             f'{arch["embed_dims"]!r}')
+        return dict(deepcopy(arch), embed_dims=int(arch['embed_dims']),
+                    depths=[int(d) for d in depths])
 
     @classmethod
     def _per_stage(cls, value, name) -> List[int]:
@@ -560,7 +569,12 @@ class ASMLP(BaseModule):
         :meth:`init_weights`)."""
         from mmengine.runner.checkpoint import _load_checkpoint
         from ..compat import CheckpointNotFoundError
-        from ..engine.checkpoint import check_fits, checkpoint_state_dict
+        from ..engine.checkpoint import (CheckpointMismatchError, check_fits,
+                                         checkpoint_state_dict)
+        from .published import is_published_layout
+        if not cfg.get('checkpoint'):
+            raise ValueError(f"init_cfg {cfg} names no checkpoint: "
+                             f"dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])")
         checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix') or ''
         if prefix and not prefix.endswith('.'):
             prefix += '.'  # as mmengine's loader
@@ -573,6 +587,12 @@ class ASMLP(BaseModule):
                 f'(tools/model_converters/asmlp_to_mm.py) and put it there, or set its path '
                 f'with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
                 f'model.backbone.init_cfg=None trains from random weights') from None
+        if is_published_layout(loaded):
+            raise CheckpointMismatchError(
+                f'checkpoint {checkpoint!r} is in the layout of the authors\' released code '
+                f'(layers.*.blocks.*.axial_shift.*): convert it first with '
+                f'"python tools/model_converters/asmlp_to_mm.py {checkpoint} OUT.pth" and load '
+                f'OUT.pth')
         state = checkpoint_state_dict(loaded, checkpoint, prefix)
         if prefix and not state:
             raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '

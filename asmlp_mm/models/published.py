@@ -6,6 +6,7 @@ Not used by our models. It exists to check ours against: the converters map its 
 "published way" baseline. Its shift is the released CPU path: pad, chunk, roll, concatenate,
 narrow. Only zero padding and dilation 1 exist there.
 """
+import re
 from typing import Sequence
 
 import torch
@@ -192,3 +193,19 @@ def published_key_to_ours(key: str, num_stages: int = 4):
             rest = ['token_mixer', _MIXER_NAMES[rest[1]]] + rest[2:]
         return '.'.join(['stages', str(stage), 'blocks', parts[3]] + rest)
     return None
+
+
+_PUBLISHED_BLOCK_KEY = re.compile(r'(^|\.)layers\.\d+\.blocks\.\d+\.axial_shift\.')
+
+
+def is_published_layout(checkpoint) -> bool:
+    """Whether a loaded checkpoint holds weights in the released code's layout: the
+    classifier's (``{'model': ...}``) or a detector's or segmentor's (``backbone.layers.*``
+    under ``state_dict``), which ``tools/model_converters/asmlp_to_mm.py`` converts."""
+    if not isinstance(checkpoint, dict):
+        return False
+    for key in ('model', 'state_dict'):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return any(isinstance(k, str) and _PUBLISHED_BLOCK_KEY.search(k) for k in checkpoint)
