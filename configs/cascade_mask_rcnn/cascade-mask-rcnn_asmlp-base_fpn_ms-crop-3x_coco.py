@@ -5,7 +5,6 @@ _base_ = './cascade-mask-rcnn_asmlp-base_fpn_ms-crop-1x_coco.py'
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33],
-         gamma=0.1),
+    _base_.param_scheduler[0],  # the 1x config's warm-up
+    dict(_base_.param_scheduler[1], end=max_epochs, milestones=[27, 33]),
 ]
