@@ -128,12 +128,14 @@ def test_command_line_single_config_and_errors(tmp_path, capsys):
     get_flops.main([CLS_TINY, '--shape', '64', '--cfg-options', 'model.head.num_classes=10'])
     out = capsys.readouterr().out
     assert 'Input shape: 64 x 64' in out and 'multiply-accumulates' in out
+    tiny = paper.find_model(CLS_TINY)
     params = float(out.split('Params: ')[1].split()[0])
     # the paper's 28M less the 990 classes taken off the 768-wide head
-    assert params == pytest.approx(28 - 990 * 769 / 1e6, abs=0.5)
+    assert params == pytest.approx(tiny.params / 1e6 - 990 * 769 / 1e6, abs=0.5)
     flops = float(out.split('FLOPs: ')[1].split()[0])
     # the 224x224 paper figure scales with the number of pixels (backbone) at 64x64
-    assert flops == pytest.approx(4.4 * (64 / 224)**2, rel=0.05)
+    assert tiny.flops_shape == (224, 224)
+    assert flops == pytest.approx(tiny.flops / 1e9 * (64 / 224)**2, rel=0.05)
     with pytest.raises(SystemExit, match='does not exist'):
         get_flops.main([str(tmp_path / 'missing.py')])
     # a variable of the config file, put in place when it was read: it would change nothing

@@ -1,6 +1,7 @@
 """The README's promises: its zoo table comes from the metafiles, CI runs its test command."""
 import os
 import os.path as osp
+import re
 import sys
 
 import pytest
@@ -12,6 +13,8 @@ sys.path.insert(0, osp.join(ROOT, 'tools'))
 import demo  # noqa: E402
 from model_zoo_table import readme_zoo, zoo_markdown  # noqa: E402
 
+from asmlp_mm import paper  # noqa: E402
+
 
 def read(path):
     with open(osp.join(ROOT, path)) as f:
@@ -21,6 +24,71 @@ def read(path):
 def test_readme_zoo_table_matches_metafiles():
     assert readme_zoo(read('README.md')) == zoo_markdown().strip('\n'), \
         'README zoo out of date: run python tools/analysis/model_zoo_table.py --write-readme'
+
+
+ARCH_NAMES = {'T': 'tiny', 'S': 'small', 'B': 'base'}
+
+
+def table_rows(text):
+    """The cells of every row of the markdown tables in ``text`` (header rows included)."""
+    return [[cell.strip().strip('`') for cell in line.strip().strip('|').split('|')]
+            for line in text.splitlines() if line.startswith('|') and '---' not in line]
+
+
+def paper_side(cell, unit):
+    """The paper's figure of an "ours / paper" cell, e.g. '47.8M / 48M' -> '48'."""
+    match = re.fullmatch(rf'[\d.]+{unit} / ([\d.]+){unit}', cell)
+    return match and match.group(1)
+
+
+def same_figure(written, value, scale):
+    """Whether ``written`` (e.g. '4.4') is ``value`` / ``scale`` to the digits it shows."""
+    decimals = len(written.split('.')[1]) if '.' in written else 0
+    return round(value / scale, decimals) == float(written)
+
+
+def check_paper_columns(path, model_of_row):
+    """The paper's side of every "ours / paper" params and FLOPs cell in ``path``'s tables
+    is the metafiles' figure of the row's model(s)."""
+    checked = 0
+    for row in table_rows(read(path)):
+        names = model_of_row(row)
+        for cell in row:
+            for unit, attribute, scale in (('M', 'params', 1e6), ('G', 'flops', 1e9)):
+                written = paper_side(cell, unit)
+                if written is None or names is None:
+                    continue
+                models = [m for m in paper.load_models()  # a detector: its 1x and 3x
+                          if m.name == names or m.name.startswith(names + '_fpn_')]
+                assert models, (path, row)
+                for model in models:
+                    assert same_figure(written, getattr(model, attribute), scale), \
+                        (path, row, model.name, getattr(model, attribute))
+                checked += 1
+    return checked
+
+
+def test_the_docs_paper_figures_are_the_metafiles():
+    """The parameter and FLOPs tables of the docs (measured by get_flops.py --paper) restate
+    the paper's figures next to ours; those must be the model zoo's."""
+    def tools_row(row):  # 'asmlp-tiny_8xb128_in1k' or 'mask-rcnn_asmlp-tiny (1x, 3x)'
+        return row[0].split(' (')[0] if row[0] != 'config' else None
+
+    def detection_row(row):  # 'Cascade Mask R-CNN, AS-MLP-T'
+        match = re.fullmatch(r'(Mask R-CNN|Cascade Mask R-CNN), AS-MLP-([TSB])', row[0])
+        detector = {'Mask R-CNN': 'mask-rcnn', 'Cascade Mask R-CNN': 'cascade-mask-rcnn'}
+        return match and f'{detector[match.group(1)]}_asmlp-{ARCH_NAMES[match.group(2)]}'
+
+    def segmentation_row(row):  # a config path
+        return osp.splitext(osp.basename(row[0]))[0] if row[0].endswith('.py') else None
+
+    assert check_paper_columns('docs/tools.md', tools_row) == 24
+    assert check_paper_columns('docs/detection.md', detection_row) == 10
+    assert check_paper_columns('docs/segmentation.md', segmentation_row) == 3
+    flops = re.search(r'paper: T (\d+)G, S (\d+)G, B (\d+)G', read('docs/segmentation.md'))
+    for arch, written in zip('TSB', flops.groups()):
+        model = paper.find_model(f'upernet_asmlp-{ARCH_NAMES[arch]}_8xb2-160k_ade20k-512x512')
+        assert same_figure(written, model.flops, 1e9), (arch, written, model.flops)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -22,7 +22,7 @@ from mmengine.registry import MODELS, PARAM_SCHEDULERS, DefaultScope
 from mmengine.runner import set_random_seed
 from PIL import Image
 
-from asmlp_mm import ASMLP
+from asmlp_mm import ASMLP, paper
 from asmlp_mm.analysis import build_model_from_config, count_params, save_initial_weights
 from asmlp_mm.datasets.ade import SHAPE_CLASSES, ShapesADE20KDataset, make_ade_dataset
 
@@ -30,12 +30,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 UPERNET = osp.join(ROOT, 'configs', 'upernet')
 DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
 
-# the paper's UperNet figures: config -> params (M)
-PAPER_PARAMS = {
-    'upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py': 60,
-    'upernet_asmlp-small_8xb2-160k_ade20k-512x512.py': 81,
-    'upernet_asmlp-base_8xb2-160k_ade20k-512x512.py': 121,
-}
+UPERNET_CONFIGS = [f'upernet_asmlp-{arch}_8xb2-160k_ade20k-512x512.py'
+                   for arch in ('tiny', 'small', 'base')]
 TINY = osp.join(UPERNET, 'upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py')
 
 
@@ -66,14 +62,14 @@ def test_asmlp_is_an_mmseg_backbone():
     assert [f.shape[1:] for f in feats] == [(8, 18, 23), (16, 9, 12), (32, 5, 6), (64, 3, 3)]
 
 
-@pytest.mark.parametrize('config', sorted(PAPER_PARAMS))
+@pytest.mark.parametrize('config', UPERNET_CONFIGS)
 def test_full_config_params_and_loss_step(config):
     cfg = Config.fromfile(osp.join(UPERNET, config))
     cfg.model.data_preprocessor.size = (64, 64)  # pad the tiny batch to 64, not 512
     assert cfg.model.backbone.type == 'ASMLP'
     assert cfg.model.decode_head.num_classes == cfg.model.auxiliary_head.num_classes == 150
     model = revert_sync_batchnorm(build_model_from_config(cfg))  # SyncBN -> BN, as the runner
-    assert count_params(model) / 1e6 == pytest.approx(PAPER_PARAMS[config], abs=1.0)
+    assert count_params(model) == pytest.approx(paper.find_model(config).params, abs=1e6)
     model.train()
     with DefaultScope.overwrite_default_scope('mmseg'):
         data = seg_batch(model, [(64, 64), (64, 64)], 150)
