@@ -12,14 +12,16 @@ num_classes = 3
 crop_size = (64, 64)
 scale = (256, 64)  # plays the role of 2048x512
 max_iters = 200
+embed_dims = 16
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(_delete_=True, embed_dims=16, depths=[1, 1, 1, 1]),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=embed_dims, depths=[1, 1, 1, 1]),
                   drop_path_rate=0.,
                   init_cfg=None),  # no ImageNet classifier here: trained from scratch
-    decode_head=dict(in_channels=[16, 32, 64, 128], channels=32, num_classes=num_classes),
-    auxiliary_head=dict(in_channels=64, channels=16, num_classes=num_classes))
+    decode_head=dict(in_channels=[embed_dims * 2**i for i in range(4)], channels=32,
+                     num_classes=num_classes),
+    auxiliary_head=dict(in_channels=embed_dims * 4, channels=16, num_classes=num_classes))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -2,8 +2,9 @@
 _base_ = './upernet_asmlp-tiny_8xb2-160k_ade20k-512x512.py'
 
 checkpoint_file = 'checkpoints/asmlp-base_8xb128_in1k.pth'  # mmpretrain AS-MLP-B classifier
+embed_dims = 128
 model = dict(
     backbone=dict(arch='base', drop_path_rate=0.5,
                   init_cfg=dict(checkpoint=checkpoint_file)),
-    decode_head=dict(in_channels=[128, 256, 512, 1024]),
-    auxiliary_head=dict(in_channels=512))
+    decode_head=dict(in_channels=[embed_dims * 2**i for i in range(4)]),
+    auxiliary_head=dict(in_channels=embed_dims * 4))

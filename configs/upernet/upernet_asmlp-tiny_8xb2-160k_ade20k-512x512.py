@@ -21,6 +21,7 @@ dataset_type = 'CheckedADE20KDataset'
 checkpoint_file = 'checkpoints/asmlp-tiny_8xb128_in1k.pth'
 
 crop_size = (512, 512)
+embed_dims = 96  # of stage 1; stage i has embed_dims * 2**i channels
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
@@ -31,8 +32,9 @@ model = dict(
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
-    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),  # SyncBN
-    auxiliary_head=dict(in_channels=384, num_classes=150))
+    decode_head=dict(in_channels=[embed_dims * 2**i for i in range(4)],  # SyncBN
+                     num_classes=150),
+    auxiliary_head=dict(in_channels=embed_dims * 4, num_classes=150))
 
 optim_wrapper = dict(
     _delete_=True,
