@@ -2,6 +2,7 @@
 import glob
 import importlib.util
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -146,15 +147,22 @@ def test_command_line_single_config_and_errors(tmp_path, capsys):
 
 # ----------------------------------------------------------------------- receptive field
 class OneConv(nn.Module):
-    """A 'backbone' whose only stage is one 3x3 convolution."""
+    """A 'backbone' whose only stage is one 3x3 convolution (of two equal channels, made
+    positive so that the tool's ReLU passes them); ``centred``: minus the mean over the
+    channels, as after a per-pixel LayerNorm."""
 
-    def __init__(self):
+    def __init__(self, centred=False):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3, padding=1)
         nn.init.constant_(self.conv.weight, 1.)
+        nn.init.zeros_(self.conv.bias)
+        self.centred = centred
 
     def forward(self, x):
-        return (self.conv(x), )
+        if self.centred:
+            out = self.conv(x) * torch.tensor([1., -1.]).view(1, 2, 1, 1)
+            return (out - out.mean(1, keepdim=True), )
+        return (self.conv(x).abs(), )
 
 
 def test_erf_of_a_single_conv_is_its_kernel_window():
@@ -164,6 +172,53 @@ def test_erf_of_a_single_conv_is_its_kernel_window():
     np.testing.assert_allclose(erf, expected)
     assert erf_tool.centred_square_fraction(erf, 0.5) == pytest.approx(3 / 11)
     assert erf_tool.centred_square_fraction(np.ones((5, 5)), 1.0) == 1.0
+
+
+def test_erf_after_a_norm_that_centres_the_channels():
+    """After a per-pixel LayerNorm (Swin's and ConvNeXt's stage outputs) the channels of a
+    pixel sum to a constant: the tool's maps were zero, their square 1 pixel wide. The
+    ReLU of RepLKNet's ERF code keeps the gradient; a map that is still zero is an error."""
+    erf, = erf_tool.effective_receptive_field(OneConv(centred=True), (9, 11), num_inputs=4)
+    assert (erf[3:6, 4:7] > 0).all() and erf.sum() == erf[3:6, 4:7].sum()
+
+    class Constant(nn.Module):
+        def forward(self, x):
+            return (x * 0, )
+
+    with pytest.raises(ValueError, match=r'zero everywhere at stage\(s\) \[0\]'):
+        erf_tool.effective_receptive_field(Constant(), (9, 11), num_inputs=1)
+    with pytest.raises(ValueError, match='holds no gradient'):
+        erf_tool.centred_square_fraction(np.zeros((5, 5)))
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--out', 'erf.foo'], "--out 'erf.foo': name the image file with one of the suffixes"),
+    (['--out', 'erf'], 'suffixes'),
+    (['--out', '{tmp}'], 'is a folder'),
+    (['--out', '{tmp}/file/erf.png'], 'is not a writable folder'),
+    (['--shape', '0', '8'], '--shape must be two positive sizes'),
+    (['--num-inputs', '0'], '--num-inputs must be >= 1'),
+    (['--mass', '0'], r'--mass must lie in \(0, 1\]'),
+])
+def test_receptive_field_refuses_bad_options_before_any_work(tmp_path, capsys, argv, match):
+    (tmp_path / 'file').write_text('')
+    argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit):
+        erf_tool.parse_args(argv)
+    assert re.search(match, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+def test_receptive_field_of_random_weights_is_reproducible(tmp_path, capsys):
+    config = tiny_cls_config(tmp_path, 8, 'tiny.py')
+    argv = ['--asmlp', config, '--compare', '--shape', '32', '32', '--num-inputs', '1',
+            '--out', str(tmp_path / 'erf.png')]
+    printed = []
+    for _ in range(2):
+        erf_tool.main(argv)
+        printed.append([line for line in capsys.readouterr().out.splitlines()
+                        if 'per stage' in line])
+    assert printed[0] == printed[1] and len(printed[0]) == 1
 
 
 def test_receptive_field_tool_writes_a_png(tmp_path, capsys):

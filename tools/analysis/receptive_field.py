@@ -1,8 +1,10 @@
 """Effective receptive field (ERF) of AS-MLP next to another model, as a PNG grid.
 
 For every stage output of a backbone, the ERF is the gradient of the centre output pixel
-(summed over channels) with respect to the input image, in absolute value, summed over the
-input channels and averaged over a few random inputs (Luo et al., 2016). One row per model,
+(its channels through a ReLU, then summed) with respect to the input image, in absolute
+value, summed over the input channels and averaged over a few random inputs (Luo et al.,
+2016; the ReLU as in RepLKNet's ERF code: right after a per-pixel LayerNorm, as Swin's and
+ConvNeXt's stage outputs are, the plain channel sum is constant and has no gradient). One row per model,
 one column per stage; each panel shows the map on a log scale and the side of the smallest
 centred square holding ``--mass`` of the gradient, as a fraction of the image side.
 
@@ -11,7 +13,7 @@ e.g. ``mmpretrain::resnet/resnet18_8xb32_in1k.py``) or an mmpretrain model name 
 ``resnet50_8xb32_in1k`` or ``convnext-tiny_32xb128_in1k``. Backbones are set to output
 every stage as a feature map where they take the options (``out_indices``,
 ``gap_before_final_norm=False``, ``out_type='featmap'``). Without checkpoints the weights
-are random (the ERF then reflects the architecture alone).
+are random (the ERF then reflects the architecture alone), drawn from ``--seed``.
 
 Example::
 
@@ -121,8 +123,9 @@ def stage_outputs(backbone: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
 def effective_receptive_field(backbone: nn.Module, shape: Sequence[int] = (224, 224),
                               num_inputs: int = 4, seed: int = 0) -> List[np.ndarray]:
     """One (H, W) map per stage output: mean over random inputs of the absolute gradient
-    of the centre output pixel (summed over channels) w.r.t. the input, summed over the
-    input channels.
+    of the centre output pixel (ReLU, summed over channels) w.r.t. the input, summed over
+    the input channels. A map that is zero everywhere (no input reached the centre pixel,
+    or its channels were all negative for every input) raises ``ValueError``.
 
     Args:
         backbone (nn.Module): Maps an NCHW image to a tuple of NCHW stage outputs.
@@ -138,11 +141,17 @@ def effective_receptive_field(backbone: nn.Module, shape: Sequence[int] = (224, 
     for _ in range(num_inputs):
         x = torch.randn(1, in_channels, *shape, generator=generator).requires_grad_(True)
         outs = stage_outputs(backbone, x)
-        centres = [out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum() for out in outs]
+        centres = [out[0, :, out.shape[2] // 2, out.shape[3] // 2].relu().sum()
+                   for out in outs]
         grads = [torch.autograd.grad(c, x, retain_graph=i < len(centres) - 1)[0]
                  for i, c in enumerate(centres)]
         maps = [g[0].abs().sum(0).numpy() for g in grads]
         total = maps if total is None else [t + m for t, m in zip(total, maps)]
+    zero = [i for i, t in enumerate(total) if not t.any()]
+    if zero:
+        raise ValueError(f'the gradient of the centre pixel is zero everywhere at stage(s) '
+                         f'{zero} for all {num_inputs} inputs: no receptive field to measure '
+                         f'(try more --num-inputs or another --seed)')
     return [t / num_inputs for t in total]
 
 
@@ -162,10 +171,12 @@ def centred_square_fraction(erf: np.ndarray, mass: float = 0.5) -> float:
         raise ValueError(f'mass must lie in (0, 1], got {mass}')
     height, width = erf.shape
     total = erf.sum()
+    if not total > 0:
+        raise ValueError('the map holds no gradient: it has no centred square')
     cy, cx = height // 2, width // 2
     for radius in range(max(height, width)):
         window = erf[max(cy - radius, 0):cy + radius + 1, max(cx - radius, 0):cx + radius + 1]
-        if total == 0 or window.sum() >= mass * total:
+        if window.sum() >= mass * total:
             return min(2 * radius + 1, max(height, width)) / max(height, width)
     return 1.0
 
@@ -195,8 +206,29 @@ def plot_grid(rows: List[List[np.ndarray]], names: List[str], out: str,
                  fontsize=9)
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format=osp.splitext(out)[1][1:])
     plt.close(fig)
+    return out
+
+
+def check_output(parser: argparse.ArgumentParser, out: str) -> str:
+    """``out``, refused (before any work) unless it can be written as an image: a format
+    matplotlib writes, not a folder, in a folder that exists or can be made."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.backend_bases import FigureCanvasBase
+    if osp.isdir(out):
+        parser.error(f'--out {out!r} is a folder; name the image file')
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = osp.splitext(out)[1][1:].lower()
+    if suffix not in formats:
+        parser.error(f'--out {out!r}: name the image file with one of the suffixes '
+                     f'{", ".join("." + f for f in sorted(formats))}')
+    folder = osp.dirname(osp.abspath(out))
+    while not osp.exists(folder):
+        folder = osp.dirname(folder)
+    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f'--out {out!r}: {folder!r} is not a writable folder')
     return out
 
 
@@ -223,6 +255,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if len(args.compare_checkpoint) > len(args.compare):
         parser.error('more --compare-checkpoint than --compare models')
+    if min(args.shape) < 1:
+        parser.error(f'--shape must be two positive sizes, got {args.shape}')
+    if args.num_inputs < 1:
+        parser.error(f'--num-inputs must be >= 1, got {args.num_inputs}')
+    if not 0 < args.mass <= 1:
+        parser.error(f'--mass must lie in (0, 1], got {args.mass}')
+    check_output(parser, args.out)
     return args
 
 
@@ -233,11 +272,18 @@ def main(argv=None):
         args.compare, args.compare_checkpoint + [None] * len(args.compare))]
     rows, names = [], []
     try:
-        for spec, checkpoint, options in specs:
-            backbone = load_backbone(spec, checkpoint, options)
-            maps = effective_receptive_field(backbone, args.shape, args.num_inputs,
-                                             args.seed)
+        backbones = []
+        for spec, checkpoint, options in specs:  # all of them first: a bad one ends it now
+            torch.manual_seed(args.seed)  # the weights that no checkpoint sets
+            backbones.append(load_backbone(spec, checkpoint, options))
+        for (spec, _, _), backbone in zip(specs, backbones):
             name = osp.splitext(osp.basename(spec))[0]
+            try:
+                maps = effective_receptive_field(backbone, args.shape, args.num_inputs,
+                                                 args.seed)
+            except (AssertionError, RuntimeError) as err:  # e.g. an input too small for it
+                raise ValueError(f'{name} does not run on a {args.shape[0]}x{args.shape[1]} '
+                                 f'input: {type(err).__name__}: {err}') from None
             fractions = ', '.join(f'{centred_square_fraction(m, args.mass):.3f}'
                                   for m in maps)
             print(f'{name}: side of the centred square holding {args.mass:.0%} of the '
