@@ -4,9 +4,10 @@ For every stage output of a backbone, the ERF is the gradient of the centre outp
 (its channels through a ReLU, then summed) with respect to the input image, in absolute
 value, summed over the input channels and averaged over a few random inputs (Luo et al.,
 2016; the ReLU as in RepLKNet's ERF code: right after a per-pixel LayerNorm, as Swin's and
-ConvNeXt's stage outputs are, the plain channel sum is constant and has no gradient). One row per model,
-one column per stage; each panel shows the map on a log scale and the side of the smallest
-centred square holding ``--mass`` of the gradient, as a fraction of the image side.
+ConvNeXt's stage outputs are, the plain channel sum is constant and has no gradient). One
+row per model, one column per stage; each panel shows the map on a log scale and the side
+of the smallest centred square holding ``--mass`` of the gradient, as a fraction of the
+image side.
 
 Models are a config path (its ``model.backbone`` is used; a toolbox's own config works too,
 e.g. ``mmpretrain::resnet/resnet18_8xb32_in1k.py``) or an mmpretrain model name such as
