@@ -297,7 +297,7 @@ def test_receptive_field_bad_model_name():
         erf_tool.load_backbone('no-such-model_in1k')
 
 
-def test_cam_through_mmpretrain_vis_cam(tmp_path):
+def test_cam_through_mmpretrain_vis_cam(tmp_path, monkeypatch):
     import cv2
     config = tmp_path / 'asmlp_tiny.py'
     config.write_text(f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(arch=dict("
@@ -310,8 +310,27 @@ def test_cam_through_mmpretrain_vis_cam(tmp_path):
     cv2.imwrite(str(tmp_path / 'img.png'), image)
     out = tmp_path / 'cam.png'
     cam_tool = load_tool('vis_cam')
-    cam_tool.main([str(tmp_path / 'img.png'), str(config), str(tmp_path / 'tiny.pth'),
-                   '--method', 'gradcam', '--target-category', '1',
-                   '--save-path', str(out)])
+    # options before the positional arguments, as mmpretrain's own parser takes them
+    cam_tool.main(['--method', 'gradcam', '--target-category', '1', '--save-path', str(out),
+                   str(tmp_path / 'img.png'), str(config), str(tmp_path / 'tiny.pth')])
     cam = cv2.imread(str(out))
     assert cam.shape == (224, 224, 3)  # the config's test pipeline: resize 256, crop 224
+    (tmp_path / 'text.png').write_text('not an image')
+    image, ckpt = str(tmp_path / 'img.png'), str(tmp_path / 'tiny.pth')
+    for argv, match in [
+            ([str(tmp_path / 'none.png'), str(config), ckpt], "image .*none.png' does not"),
+            ([str(tmp_path / 'text.png'), str(config), ckpt], 'cannot be read as an image'),
+            ([image, str(config), ckpt, '--target-layers', 'backbone.nrom3'],
+             r"no layer \['backbone.nrom3'\].*backbone.norm3"),
+            ([image, str(config), ckpt, '--target-category', '3'],
+             r'--target-category \[3\]: the classifier has the classes 0..2'),
+            ([image, str(config), ckpt, '--method', 'gradcamm'], 'invalid CAM type gradcamm'),
+            ([image, str(config), ckpt, '--save-path', str(tmp_path / 'cam')],
+             'name an image file ending in one of'),
+            ([image, str(config), ckpt, '--save-path', str(tmp_path / 'text.png' / 'c.png')],
+             'is not a writable folder')]:
+        with pytest.raises(SystemExit, match=match):
+            cam_tool.main(argv)
+    monkeypatch.delenv('DISPLAY', raising=False)
+    with pytest.raises(SystemExit, match='no display .*--save-path'):
+        cam_tool.main([image, str(config), ckpt])

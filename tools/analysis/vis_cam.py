@@ -13,7 +13,7 @@ Example::
     python tools/analysis/vis_cam.py demo.jpg CONFIG CKPT --target-layers \\
         backbone.stages.3.blocks.1.norm2 --method gradcam++ --target-category 281
 """
-import argparse
+import os
 import os.path as osp
 import runpy
 import sys
@@ -31,23 +31,28 @@ def mmpretrain_vis_cam() -> str:
     return path
 
 
-def check_classifier_checkpoint(argv) -> None:
-    """Refuse, before mmpretrain's tool runs, a config that is not a classifier and a
-    checkpoint that does not fit it (mmpretrain would warn and draw random weights)."""
-    from mmengine.config import Config, DictAction
+# what cv2 (mmcv.imwrite, which mmpretrain's tool saves with) writes
+IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
+
+
+def check_arguments(args) -> None:
+    """Refuse, before mmpretrain's tool runs (``args``: as its own parser read them), what
+    it would fail on late or not at all: an image that cannot be read, a config that is
+    not a classifier, a checkpoint that does not fit it (mmpretrain would warn and draw
+    random weights), target layers or classes the model does not have, and a place to
+    save the map that cannot be written (or, with no display to show it, none)."""
+    import mmcv
+    from mmengine.config import Config
     from asmlp_mm.analysis import build_model_from_config
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
     from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('img')
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args, _ = parser.parse_known_args(argv)
-    for path in (args.config, args.checkpoint):
+    for what, path in (('image', args.img), ('config', args.config),
+                       ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
-            raise SystemExit(f'error: {path!r} does not exist')
+            raise SystemExit(f'error: the {what} {path!r} does not exist')
+    if mmcv.imread(args.img) is None:
+        raise SystemExit(f'error: {args.img!r} cannot be read as an image')
     try:
         cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options, args.config)
     except CfgOptionsError as err:
@@ -60,6 +65,35 @@ def check_classifier_checkpoint(argv) -> None:
         load_fitting_weights(model, args.checkpoint, f'the classifier of {args.config}')
     except (CheckpointError, CheckpointMismatchError) as err:
         raise SystemExit(f'error: {err}')
+    layers = dict(model.named_modules())
+    unknown = [name for name in args.target_layers if name not in layers]
+    if unknown:
+        norms = [name for name in layers if name.startswith('backbone.norm')]
+        raise SystemExit(f'error: --target-layers: the model has no layer {unknown}; its '
+                         f'layers are named as in print(model) (--preview-model), e.g. '
+                         f'{", ".join(norms) or "backbone"}')
+    num_classes = cfg.model.get('head', {}).get('num_classes')
+    bad = [c for c in args.target_category if num_classes and not 0 <= c < num_classes]
+    if bad:
+        raise SystemExit(f'error: --target-category {bad}: the classifier has the classes '
+                         f'0..{num_classes - 1}')
+    if args.preview_model:
+        return
+    if args.save_path is None:
+        if not os.environ.get('DISPLAY'):
+            raise SystemExit('error: no display to show the map on: save it with '
+                             '--save-path FILE.jpg')
+        return
+    save_path = str(args.save_path)
+    if osp.splitext(save_path)[1].lower() not in IMAGE_SUFFIXES or osp.isdir(save_path):
+        raise SystemExit(f'error: --save-path {save_path!r}: name an image file ending in '
+                         f'one of {", ".join(IMAGE_SUFFIXES)}')
+    folder = osp.dirname(osp.abspath(save_path))
+    while not osp.exists(folder):
+        folder = osp.dirname(folder)
+    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f'error: --save-path {save_path!r}: {folder!r} is not a writable '
+                         f'folder')
 
 
 def main(argv=None):
@@ -71,11 +105,15 @@ def main(argv=None):
         import pytorch_grad_cam  # noqa: F401
     except ImportError:
         raise SystemExit('the CAM tool needs grad-cam: pip install "grad-cam>=1.3.7,<1.5"')
-    if not {'-h', '--help'} & set(argv):
-        check_classifier_checkpoint(argv)
     script = mmpretrain_vis_cam()
+    tool = runpy.run_path(script, run_name='mmpretrain_vis_cam')  # its functions, not run
     sys.argv = [script] + argv
-    runpy.run_path(script, run_name='__main__')
+    try:
+        args = tool['parse_args']()  # its own parser: any order of its options, its usage
+    except ValueError as err:  # an unknown --method
+        raise SystemExit(f'error: {err}')
+    check_arguments(args)
+    tool['main']()
 
 
 if __name__ == '__main__':
