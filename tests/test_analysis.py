@@ -66,6 +66,22 @@ def test_find_model_and_zoo_table():
     assert '| 44.0 | 40.0 | 48M | 260G | 800x1280 |' in table
 
 
+@pytest.mark.parametrize('section', ['', ' \n', '\nold table\n'])
+def test_write_readme_replaces_only_the_zoo_section(tmp_path, section):
+    """An empty or blank section was 'found' at the start of the README (or at its first
+    space), and the tables went there."""
+    import shutil
+    shutil.copy(osp.join(ROOT, 'model-index.yml'), tmp_path)
+    shutil.copytree(osp.join(ROOT, 'configs'), tmp_path / 'configs')
+    head, tail = '# Title\n\nSome text.\n', '\n## After\n'
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'{head}<!-- zoo-table -->{section}<!-- /zoo-table -->{tail}')
+    zoo_table.write_readme(str(tmp_path))
+    tables = zoo_table.zoo_markdown(str(tmp_path)).strip('\n')
+    assert readme.read_text() == f'{head}<!-- zoo-table -->\n{tables}\n<!-- /zoo-table -->{tail}'
+    assert zoo_table.readme_zoo(readme.read_text()) == tables
+
+
 def test_bad_metafile_is_reported(tmp_path):
     (tmp_path / 'model-index.yml').write_text('Import:\n  - m.yml\n')
     (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n')

@@ -59,11 +59,19 @@ def zoo_markdown(root: str = paper.REPO_ROOT) -> str:
 README_BEGIN, README_END = '<!-- zoo-table -->', '<!-- /zoo-table -->'
 
 
+def _split_readme(readme_text: str):
+    """(text before the zoo section, the section, text after it): the section is what lies
+    between the first zoo-table marker and the end marker after it."""
+    head, begin, rest = readme_text.partition(README_BEGIN)
+    section, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise ValueError(f'README has no {README_BEGIN} ... {README_END} section')
+    return head, section, tail
+
+
 def readme_zoo(readme_text: str) -> str:
     """The part of the README between the zoo-table markers."""
-    if README_BEGIN not in readme_text or README_END not in readme_text:
-        raise ValueError(f'README has no {README_BEGIN} ... {README_END} section')
-    return readme_text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip('\n')
+    return _split_readme(readme_text)[1].strip('\n')
 
 
 def write_readme(root: str = paper.REPO_ROOT) -> str:
@@ -71,8 +79,8 @@ def write_readme(root: str = paper.REPO_ROOT) -> str:
     path = osp.join(root, 'README.md')
     with open(path) as f:
         text = f.read()
-    old = readme_zoo(text)
-    text = text.replace(old, zoo_markdown(root).strip('\n'), 1)
+    head, _, tail = _split_readme(text)
+    text = f'{head}{README_BEGIN}\n{zoo_markdown(root).strip(chr(10))}\n{README_END}{tail}'
     with open(path, 'w') as f:
         f.write(text)
     return path
