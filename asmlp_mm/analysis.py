@@ -4,7 +4,9 @@ FLOPs here are multiply-accumulates (one MAC = one FLOP), as in the AS-MLP paper
 vision papers; mmengine's FlopAnalyzer counts the same way. Parameters are all parameters
 of the built model.
 """
-from typing import Sequence
+import os
+import os.path as osp
+from typing import Optional, Sequence
 
 import torch
 from mmengine.analysis import FlopAnalyzer
@@ -43,3 +45,22 @@ def save_initial_weights(cfg, path: str) -> None:
     model = build_model_from_config(cfg)
     model.init_weights()
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+
+
+def output_file_problem(path: str, suffixes: Sequence[str] = ()) -> Optional[str]:
+    """Why a tool could not write its output file ``path`` (None if it can), to say so
+    before any work: no name, a folder, a suffix not in ``suffixes`` (lower case, with the
+    dot; any if empty), or no writable folder where it would go (folders that do not exist
+    yet are made by the tools, under the nearest existing one)."""
+    if not path:
+        return 'no file name given'
+    if osp.isdir(path):
+        return f'{path!r} is a folder; give the path of the file to write'
+    if suffixes and osp.splitext(path)[1].lower() not in suffixes:
+        return f'{path!r}: name the file with one of the suffixes {", ".join(suffixes)}'
+    folder = osp.dirname(osp.abspath(path))
+    while not osp.lexists(folder):
+        folder = osp.dirname(folder)
+    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        return f'{path!r}: {folder!r} is not a writable folder'
+    return None

@@ -208,7 +208,7 @@ def test_erf_after_a_norm_that_centres_the_channels():
 
 
 @pytest.mark.parametrize('argv,match', [
-    (['--out', 'erf.foo'], "--out 'erf.foo': name the image file with one of the suffixes"),
+    (['--out', 'erf.foo'], "--out 'erf.foo': name the file with one of the suffixes .*\\.png"),
     (['--out', 'erf'], 'suffixes'),
     (['--out', '{tmp}'], 'is a folder'),
     (['--out', '{tmp}/file/erf.png'], 'is not a writable folder'),
@@ -342,7 +342,7 @@ def test_cam_through_mmpretrain_vis_cam(tmp_path, monkeypatch):
              r'--target-category \[3\]: the classifier has the classes 0..2'),
             ([image, str(config), ckpt, '--method', 'gradcamm'], 'invalid CAM type gradcamm'),
             ([image, str(config), ckpt, '--save-path', str(tmp_path / 'cam')],
-             'name an image file ending in one of'),
+             'name the file with one of the suffixes .*\\.jpg'),
             ([image, str(config), ckpt, '--save-path', str(tmp_path / 'text.png' / 'c.png')],
              'is not a writable folder')]:
         with pytest.raises(SystemExit, match=match):

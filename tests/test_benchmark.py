@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,30 @@ def test_options_the_chosen_run_ignores_are_refused(capsys, wrong, named):
     with pytest.raises(SystemExit):
         benchmark.parse_args(wrong)
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('wrong,named', [
+    (['--batch', '0'], '--batch must be >= 1, got 0'),
+    (['--shape', '0'], '--shape takes H W or one size, all positive'),
+    (['--warmup', '-1'], '--warmup must be >= 0'),
+    (['--repeats', '0'], '--repeats must be >= 1'),
+    (['--threads', '-3'], '--threads must be >= 1'),
+    (['--device', 'foo'], "--device takes 'cpu', 'cuda' or 'cuda:N', got 'foo'"),
+    (['--out', '{tmp}'], 'is a folder'),
+    (['--out', '{tmp}/new/sub/x.txt'], 'suffixes .json'),
+    (['--out', '{tmp}/file/x.json'], 'is not a writable folder'),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, capsys, wrong, named):
+    """They were tracebacks, some after the whole run (--out a folder: the results lost),
+    some after making --out's folders."""
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([CLS_DEMO] + [w.replace('{tmp}', str(tmp_path)) for w in wrong])
+    assert named in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([str(tmp_path / 'missing.py')])
+    assert re.search(r"config '.*missing.py' does not exist", capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
 
 
 def test_training_a_pooled_batch_norm_on_one_image_names_the_batch():

@@ -253,7 +253,13 @@ def test_destination_of_a_folder_or_the_source_is_refused(tmp_path):
         conv.convert(src, src, log=lambda *a: None)
     with pytest.raises(SystemExit, match='is a folder'):
         conv.main([src, str(tmp_path)])
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(SystemExit, match="'.*file' is not a writable folder"):
+        conv.main([src, str(tmp_path / 'file' / 'out.pth')])  # a traceback after the work
+    with pytest.raises(SystemExit, match='no file name given'):
+        conv.main([src, ''])
     assert (tmp_path / 'pub.pth').read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'pub.pth']
 
 
 def test_an_already_converted_checkpoint_is_recognized(tmp_path):
@@ -415,10 +421,21 @@ def test_publish_model_refuses_what_is_not_a_training_checkpoint(tmp_path):
     import sys
     bare = tmp_path / 'bare.pth'
     torch.save(nn.Linear(2, 2).state_dict(), bare)
-    for source, message in ((bare, 'has no state_dict'),
-                            (tmp_path / 'none.pth', 'does not exist')):
-        result = subprocess.run([sys.executable, PUBLISH, str(source), str(tmp_path / 'o.pth')],
+    empty = tmp_path / 'empty.pth'
+    torch.save({'state_dict': {}, 'meta': {}}, empty)
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': nn.Linear(2, 2).state_dict(), 'meta': {}}, good)
+    (tmp_path / 'file').write_text('')
+    out = str(tmp_path / 'o.pth')
+    for source, target, message in (
+            (bare, out, 'has no state_dict'),
+            (tmp_path / 'none.pth', out, 'does not exist'),
+            (empty, out, 'state_dict is empty'),
+            (good, str(tmp_path / 'o.pt'), 'suffixes .pth'),
+            (good, '', 'no file name given'),
+            (good, str(tmp_path / 'file' / 'o.pth'), 'is not a writable folder')):
+        result = subprocess.run([sys.executable, PUBLISH, str(source), target],
                                 capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert 'Traceback' not in result.stderr
-    assert not list(tmp_path.glob('o*'))
+    assert not list(tmp_path.glob('o*')) and not list(tmp_path.glob('-*'))

@@ -589,6 +589,7 @@ def run_config(args) -> dict:
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
+    from asmlp_mm.analysis import output_file_problem
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', nargs='?', help='config file (not needed with --compare)')
     parser.add_argument('--compare', action='store_true',
@@ -636,10 +637,25 @@ def parse_args(argv=None):
                      f'--compile)')
     if not args.compare and args.sections != parser.get_default('sections'):
         parser.error('--sections chooses parts of --compare')
-    if len(args.shape) not in (1, 2):
-        parser.error(f'--shape takes H W or one size, got {args.shape}')
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
+    if len(args.shape) not in (1, 2) or min(args.shape) < 1:
+        parser.error(f'--shape takes H W or one size, all positive, got {args.shape}')
+    for name, least in (('batch', 1), ('warmup', 0), ('repeats', 1), ('threads', 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f'--{name} must be >= {least}, got {value}')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        parser.error(f"--device takes 'cpu', 'cuda' or 'cuda:N', got {args.device!r}")
+    if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: CUDA is not available here')
+    if args.config and not osp.isfile(args.config):
+        parser.error(f'config {args.config!r} does not exist')
+    problem = args.out is not None and output_file_problem(args.out, ['.json'])
+    if problem:
+        parser.error(f'--out {problem}')
     return args
 
 

@@ -38,7 +38,7 @@ if ROOT not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from asmlp_mm.analysis import build_model_from_config  # noqa: E402
+from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
 from asmlp_mm.compat import CheckpointError  # noqa: E402
 from asmlp_mm.engine.options import merge_cfg_options  # noqa: E402
 
@@ -213,23 +213,15 @@ def plot_grid(rows: List[List[np.ndarray]], names: List[str], out: str,
 
 
 def check_output(parser: argparse.ArgumentParser, out: str) -> str:
-    """``out``, refused (before any work) unless it can be written as an image: a format
-    matplotlib writes, not a folder, in a folder that exists or can be made."""
+    """``out``, refused (before any work) unless it can be written as an image in a format
+    matplotlib writes."""
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib.backend_bases import FigureCanvasBase
-    if osp.isdir(out):
-        parser.error(f'--out {out!r} is a folder; name the image file')
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = osp.splitext(out)[1][1:].lower()
-    if suffix not in formats:
-        parser.error(f'--out {out!r}: name the image file with one of the suffixes '
-                     f'{", ".join("." + f for f in sorted(formats))}')
-    folder = osp.dirname(osp.abspath(out))
-    while not osp.exists(folder):
-        folder = osp.dirname(folder)
-    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        parser.error(f'--out {out!r}: {folder!r} is not a writable folder')
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    problem = output_file_problem(out, ['.' + f for f in formats])
+    if problem:
+        parser.error(f'--out {problem}')
     return out
 
 

@@ -43,7 +43,7 @@ def check_arguments(args) -> None:
     save the map that cannot be written (or, with no display to show it, none)."""
     import mmcv
     from mmengine.config import Config
-    from asmlp_mm.analysis import build_model_from_config
+    from asmlp_mm.analysis import build_model_from_config, output_file_problem
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
     from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
@@ -84,16 +84,9 @@ def check_arguments(args) -> None:
             raise SystemExit('error: no display to show the map on: save it with '
                              '--save-path FILE.jpg')
         return
-    save_path = str(args.save_path)
-    if osp.splitext(save_path)[1].lower() not in IMAGE_SUFFIXES or osp.isdir(save_path):
-        raise SystemExit(f'error: --save-path {save_path!r}: name an image file ending in '
-                         f'one of {", ".join(IMAGE_SUFFIXES)}')
-    folder = osp.dirname(osp.abspath(save_path))
-    while not osp.exists(folder):
-        folder = osp.dirname(folder)
-    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f'error: --save-path {save_path!r}: {folder!r} is not a writable '
-                         f'folder')
+    problem = output_file_problem(str(args.save_path), IMAGE_SUFFIXES)
+    if problem:
+        raise SystemExit(f'error: --save-path {problem}')
 
 
 def main(argv=None):

@@ -43,7 +43,7 @@ if ROOT not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from asmlp_mm.analysis import build_model_from_config  # noqa: E402
+from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
 from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 from asmlp_mm.models import ASMLP  # noqa: E402
 from asmlp_mm.models.published import published_key_to_ours  # noqa: E402
@@ -98,9 +98,11 @@ def split_checkpoint(ckpt) -> Tuple[Dict[str, torch.Tensor], dict, List[str]]:
 
 
 def check_destination(src: str, dst: str) -> None:
-    """Refuse a ``dst`` that is a folder or the source itself (which would be replaced)."""
-    if osp.isdir(dst):
-        raise ConversionError(f'{dst!r} is a folder; give the path of the file to write')
+    """Refuse a ``dst`` that cannot be written (a folder, no name, no writable folder) or is
+    the source itself (which would be replaced)."""
+    problem = output_file_problem(dst)
+    if problem:
+        raise ConversionError(problem)
     if osp.exists(dst) and osp.exists(src) and osp.samefile(src, dst):
         raise ConversionError(f'{dst!r} is the source checkpoint; writing the result there '
                               'would replace it')

@@ -29,6 +29,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from asmlp_mm.analysis import output_file_problem  # noqa: E402
 from asmlp_mm.compat import CheckpointError, load_local_checkpoint  # noqa: E402
 from asmlp_mm.engine import AtomicLocalBackend  # noqa: E402
 
@@ -42,6 +43,10 @@ def published(checkpoint: dict, source: str):
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
         raise CheckpointError(f'{source!r} has no state_dict: not a checkpoint of '
                               'tools/train.py (a bare state dict needs no publishing)')
+    weights = checkpoint['state_dict']
+    if not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f'{source!r}: its state_dict is empty or holds other things '
+                              f'than tensors: not the weights of a model')
     kept = {key: checkpoint[key] for key in KEPT if key in checkpoint}
     return kept, sorted(key for key in checkpoint if key not in KEPT)
 
@@ -53,8 +58,9 @@ def hashed_name(out_file: str, sha256: str) -> str:
 
 def publish(in_file: str, out_file: str) -> str:
     """Write the published form of ``in_file`` next to ``out_file``; return its path."""
-    if osp.isdir(out_file):
-        raise SystemExit(f'{out_file!r} is a folder; give the file name to write')
+    problem = output_file_problem(out_file, ['.pth'])
+    if problem:
+        raise SystemExit(problem)
     try:
         kept, dropped = published(load_local_checkpoint(in_file, map_location='cpu'), in_file)
     except CheckpointError as err:  # also a missing file (CheckpointNotFoundError)
@@ -70,6 +76,8 @@ def publish(in_file: str, out_file: str) -> str:
     target = hashed_name(out_file, hashlib.sha256(data).hexdigest())
     if osp.abspath(target) == osp.abspath(in_file):
         raise SystemExit(f'{in_file!r} is already published')
+    if osp.isdir(target):
+        raise SystemExit(f'{target!r}, the published name, is a folder')
     AtomicLocalBackend().put(data, target)
     print(f'dropped: {", ".join(dropped) or "nothing"}')
     return target
