@@ -257,6 +257,35 @@ def test_receptive_field_tool_writes_a_png(tmp_path, capsys):
     assert matplotlib.image.imread(str(out)).shape[:2] == (2 * 280, 4 * 260)
 
 
+@pytest.mark.parametrize('argv,match', [
+    (['--paper', '--shape', '64'], '--paper measures each model at the input size'),
+    ([CLS_TINY, '--filter', 'base'], '--filter chooses models of --paper'),
+    ([CLS_TINY, '--shape', '0', '5'], '--shape takes H W or one size, all positive'),
+])
+def test_get_flops_refuses_options_it_would_ignore(capsys, argv, match):
+    with pytest.raises(SystemExit):
+        get_flops.parse_args(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('content,match', [
+    (None, "cannot be read: OSError"),  # a README, not a config
+    ('model = dict(\n', 'cannot be read: SyntaxError'),
+    ("default_scope = 'mmpretrain'\n", 'has no model'),
+    ("default_scope = 'mmpretrain'\nmodel = dict(type='NoSuchModel')\n",
+     'cannot be built: KeyError'),
+    (f"_base_ = '{CLS_TINY}'\nmodel = dict(backbone=dict(nonsense=3))\n",
+     "cannot be built: TypeError.*nonsense"),
+    ("_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n",
+     '--rois paper counts the RoI heads of a two-stage detector.*--rois rpn'),
+])
+def test_get_flops_reports_a_config_it_cannot_measure(tmp_path, content, match):
+    path = tmp_path / ('README.md' if content is None else 'config.py')
+    path.write_text(content or '# not a config\n')
+    with pytest.raises(SystemExit, match=match):
+        get_flops.main([str(path), '--shape', '64'])
+
+
 def test_paper_table_filter_that_matches_nothing_is_an_error():
     with pytest.raises(SystemExit, match='no model of the zoo matches .*asmlp-tiny_8xb128_in1k'):
         get_flops.main(['--paper', '--filter', 'asmlp-tiyn'])

@@ -83,12 +83,24 @@ def make_data_sample(scope: str, height: int, width: int):
 def load_config(config: str, cfg_options: Optional[dict] = None) -> Config:
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config!r} does not exist')
-    return merge_cfg_options(Config.fromfile(config), cfg_options, config)
+    try:
+        cfg = Config.fromfile(config)
+    except (OSError, SyntaxError) as err:  # not a .py/.yml/.json file; not Python
+        raise ValueError(f'config {config!r} cannot be read: {type(err).__name__}: '
+                         f'{err}') from None
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'config {config!r} has no model')
+    return merge_cfg_options(cfg, cfg_options, config)
 
 
 def build_for_analysis(cfg: Config) -> nn.Module:
     """The config's model in eval mode, SyncBN reverted."""
-    return revert_sync_batchnorm(build_model_from_config(cfg)).eval()
+    try:
+        model = build_model_from_config(cfg)
+    except (KeyError, TypeError) as err:  # an unknown type; an argument it does not take
+        raise ValueError(f'the model of the config cannot be built: {type(err).__name__}: '
+                         f'{err}') from None
+    return revert_sync_batchnorm(model).eval()
 
 
 def measure(cfg: Config, shape: Sequence[int], rois: str = 'paper', seed: int = 0) -> dict:
@@ -114,6 +126,10 @@ def measure(cfg: Config, shape: Sequence[int], rois: str = 'paper', seed: int = 
     model = build_for_analysis(cfg)
     if scope == 'mmdet' and rois == 'paper':
         from asmlp_mm.analysis_det import detector_flops
+        if any(getattr(model, part, None) is None for part in ('rpn_head', 'roi_head')):
+            raise ValueError(f'--rois paper counts the RoI heads of a two-stage detector as '
+                             f'the paper does; {type(model).__name__} has none: use --rois '
+                             f'rpn (its tensor forward)')
         parts = detector_flops(model, (height, width), PAPER_BOX_ROIS, PAPER_MASK_ROIS)
         return dict(params=count_params(model), flops=parts.pop('total'),
                     input_shape=(height, width), parts=parts)
@@ -152,8 +168,10 @@ def report_one(config: str, shape, cfg_options, rois: str = 'paper') -> dict:
               f'(the paper\'s convention)')
         print('\n'.join(f'  {name}: {value / 1e9:.2f} G'
                         for name, value in result['parts'].items()))
+    flops = result['flops']  # in M where G would print 0.00 (a tiny demo model)
+    flops = f'{flops / 1e9:.2f} G' if flops >= 5e6 else f'{flops / 1e6:.2f} M'
     print(f'Params: {result["params"] / 1e6:.2f} M\n'
-          f'FLOPs: {result["flops"] / 1e9:.2f} G\n{MAC_NOTE}.\n{line}')
+          f'FLOPs: {flops}\n{MAC_NOTE}.\n{line}')
     return result
 
 
@@ -221,10 +239,15 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
     args = parser.parse_args(argv)
-    if args.shape is not None and len(args.shape) not in (1, 2):
-        parser.error(f'--shape takes H W or one size, got {args.shape}')
+    if args.shape is not None and (len(args.shape) not in (1, 2) or min(args.shape) < 1):
+        parser.error(f'--shape takes H W or one size, all positive, got {args.shape}')
     if not args.paper and not args.config:
         parser.error('give a config, or --paper')
+    if args.paper and args.shape is not None:
+        parser.error("--paper measures each model at the input size of the paper's FLOPs; "
+                     'it does not take --shape')
+    if args.filter and not args.paper:
+        parser.error('--filter chooses models of --paper')
     return args
 
 
