@@ -1,12 +1,14 @@
 """Fixes for the pinned stack (mmengine 0.10.7 on torch >= 2.6, CPU-only machines) and for
 older torch releases.
 
-Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and registers the
+Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and
+:func:`silence_pkg_resources_warning` and registers the
 classes below; :class:`~asmlp_mm.models.ASMLP` applies :func:`guard_group_norms`. Each item
 says why it exists and when it can go.
 """
 import os
 import pickle
+import warnings
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
@@ -21,6 +23,16 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .ops.pointwise import is_channels_last, is_traced
+
+
+def silence_pkg_resources_warning() -> None:
+    """Hide setuptools' "pkg_resources is deprecated" warning. The stack needs setuptools
+    < 82, which still has pkg_resources (mmcv's build and mmengine's ``mmdet::`` config
+    bases import it, and so do mmpretrain's tools), and it warns at each such import: four
+    to six warnings a run that no user can act on. Remove once the OpenMMLab packages stop
+    importing pkg_resources."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                            category=UserWarning)
 
 
 #: PyTorch before 2.14 crashes (segmentation fault) in the CPU backward of GroupNorm when the

@@ -185,7 +185,7 @@ def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
     assert ("CheckedCocoDataset: the annotation file 'nowhere/annotations/instances_train.json'"
             f" does not exist (looked for in {str(tmp_path)!r}). COCO 2017 is expected") in out
     assert 'Traceback' not in out
-    assert 'pkg_resources is deprecated' not in out  # tools/_common.py: noise users cannot act on
+    assert 'pkg_resources is deprecated' not in out  # asmlp_mm.compat: noise users cannot act on
 
 
 @pytest.mark.parametrize('tool', [TRAIN, TEST])

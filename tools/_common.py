@@ -10,18 +10,12 @@ import os.path as osp
 import re
 import sys
 import traceback
-import warnings
 
-# mmengine, mmdet and mmseg import pkg_resources, and setuptools (< 82, which mmcv's build
-# and mmengine's "mmdet::" config bases need) warns at each import that it is deprecated:
-# four to six warnings a run that no user of these tools can act on
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
-                        category=UserWarning)
-
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import asmlp_mm  # noqa: E402,F401  registers ASMLP and applies the compat fixes
+# registers ASMLP and applies the compat fixes (pkg_resources warnings silenced among them)
+import asmlp_mm  # noqa: E402,F401
 from asmlp_mm import compat  # noqa: E402
 from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 
