@@ -241,8 +241,40 @@ def test_missing_block_and_empty_checkpoints_fail(tmp_path):
         conv.convert(save(tmp_path, 'empty.pth', {'model': {}}), str(tmp_path / 'o.pth'),
                      task='cls', log=lambda *a: None)
     (tmp_path / 'junk.pth').write_text('not a checkpoint')
-    with pytest.raises(SystemExit, match='cannot load'):
+    with pytest.raises(SystemExit, match='cannot load') as err:
         conv.main([str(tmp_path / 'junk.pth'), str(tmp_path / 'o.pth')])
+    assert '--unsafe-load' not in str(err.value)  # it would not help
+
+
+def test_a_checkpoint_that_pickles_objects_names_them_and_the_way_out(tmp_path):
+    """Only torch's weights-only refusal suggests --unsafe-load, with the refused object
+    named and without torch's terminal colours."""
+    import argparse
+    state = published(8, (1, 1, 1, 1), num_classes=3).state_dict()
+    src = save(tmp_path, 'train.pth', {'model': state, 'config': argparse.Namespace(a=1)})
+    with pytest.raises(conv.ConversionError) as err:
+        conv.convert(src, str(tmp_path / 'o.pth'), log=lambda *a: None)
+    message = str(err.value)
+    assert 'Unsupported global' in message and 'argparse.Namespace' in message
+    assert 'pass --unsafe-load' in message and '\x1b' not in message
+    summary = conv.convert(src, str(tmp_path / 'o.pth'), unsafe_load=True, log=lambda *a: None)
+    assert summary['task'] == 'cls'
+
+
+def test_odd_but_convertible_checkpoints(tmp_path):
+    """A meta that is not a dict is dropped (it was an AttributeError); the keys of a model
+    saved inside DistributedDataParallel lose their 'module.' (they asked for --task)."""
+    model = published(8, (1, 1, 1, 1), num_classes=3)
+    state = model.state_dict()
+    src = save(tmp_path, 'odd.pth', {'model': {'module.' + k: v for k, v in state.items()},
+                                     'meta': 'trained on 8 GPUs'})
+    logged = []
+    summary = conv.convert(src, str(tmp_path / 'o.pth'), log=logged.append)
+    assert summary['task'] == 'cls'
+    assert "dropped top-level entries (training state): ['meta']" in logged
+    converted = torch.load(tmp_path / 'o.pth', weights_only=True)['state_dict']
+    assert torch.equal(converted['backbone.patch_embed.proj.weight'],
+                       state['patch_embed.proj.weight'])
 
 
 def test_destination_of_a_folder_or_the_source_is_refused(tmp_path):

@@ -76,9 +76,18 @@ def load_source(path: str, unsafe: bool = False) -> dict:
     try:
         return torch.load(path, map_location='cpu', weights_only=not unsafe)
     except Exception as err:  # torch raises several types for unreadable files
-        first_line = str(err).splitlines()[0] if str(err) else ''
-        hint = '' if unsafe else ('\nIf it is a trusted training checkpoint that pickles '
-                                  'other Python objects, pass --unsafe-load.')
+        text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))  # torch's terminal colours
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # of torch's weights-only unpickler, the sentence that says what it could not read:
+        # an object it refuses to rebuild ('Unsupported global: GLOBAL argparse.Namespace
+        # was not an allowed global by default.'), or bytes that are no pickle of a
+        # checkpoint ('Unsupported operand 110')
+        named = re.search(r'Unsupported (global|operand)[^\n]*?(\.(?= )|$)', text, re.M)
+        first_line = named.group(0) if named else (lines[0] if lines else '')
+        refused = first_line.startswith('Unsupported global')
+        hint = '' if unsafe or not refused else (
+            '\nIf it is a trusted training checkpoint that pickles other Python objects, '
+            'pass --unsafe-load.')
         raise ConversionError(f'cannot load {path!r} as a PyTorch checkpoint: '
                               f'{type(err).__name__}: {first_line}{hint}') from err
 
@@ -87,14 +96,23 @@ def split_checkpoint(ckpt) -> Tuple[Dict[str, torch.Tensor], dict, List[str]]:
     """(state dict, meta, names of dropped top-level entries) of a loaded checkpoint."""
     if not isinstance(ckpt, dict):
         raise ConversionError(f'expected a dict checkpoint, got {type(ckpt).__name__}')
+    meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
     for key in ('model', 'state_dict'):
         if isinstance(ckpt.get(key), dict):
-            dropped = sorted(k for k in ckpt if k not in (key, 'meta'))
-            return ckpt[key], ckpt.get('meta') or {}, dropped
+            dropped = sorted(k for k in ckpt if k not in (key, 'meta') or
+                             k == 'meta' and not isinstance(ckpt[k], dict))
+            return _without_ddp_prefix(ckpt[key]), meta, dropped
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt, {}, []
+        return _without_ddp_prefix(ckpt), {}, []
     raise ConversionError(f'no "model" or "state_dict" entry in the checkpoint; top-level '
                           f'keys: {sorted(ckpt)[:MAX_LISTED]}')
+
+
+def _without_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` without the 'module.' of a model saved inside DistributedDataParallel."""
+    if state and all(isinstance(k, str) and k.startswith('module.') for k in state):
+        return {k[len('module.'):]: v for k, v in state.items()}
+    return state
 
 
 def check_destination(src: str, dst: str) -> None:
