@@ -56,6 +56,9 @@ def test_recipe_rates_are_swins_scaled_to_the_batch(name):
     assert 'eta_min' not in cosine
     assert optimizer.lr * cosine.eta_min_ratio == pytest.approx(floor * scale)
     assert cfg.train_cfg.max_epochs == epochs
+    # fine-tuning starts from the 224 model (it trained from random weights, silently)
+    assert cfg.load_from == ('checkpoints/asmlp-base_8xb128_in1k.pth' if '384' in name
+                             else None)
 
 
 def timm_cosine_lr(t, total, warmup, base, warmup_start, floor):

@@ -3,8 +3,12 @@
 # batch 1024, AdamW, weight decay 1e-8, 5 warm-up epochs, cosine. Its rates (2e-5, warm-up
 # from 2e-8, floor 2e-7) are per 512 images and scaled linearly with the batch, so at 1024:
 # lr 4e-5 from 4e-8 to 4e-7 (as the 224 configs' 5e-4 becomes 1e-3).
-# Start from the 224 checkpoint:  --cfg-options load_from=work_dirs/.../epoch_300.pth
 _base_ = './asmlp-base_8xb128_in1k.py'
+
+# the 224 model to fine-tune: trained with asmlp-base_8xb128_in1k.py or converted from the
+# published weights (tools/model_converters/asmlp_to_mm.py); another one with
+# --cfg-options load_from=work_dirs/asmlp-base_8xb128_in1k/epoch_300.pth
+load_from = 'checkpoints/asmlp-base_8xb128_in1k.pth'
 
 img_size = 384
 train_pipeline = [
