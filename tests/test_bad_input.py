@@ -492,6 +492,29 @@ def test_missing_dataset_folders_are_reported_with_the_expected_layout(
         build_dataset(config, 'train_dataloader', data_root=str(tmp_path / 'nowhere'))
 
 
+@pytest.mark.parametrize('config,what,missing', [
+    (DET_DEMO, 'annotation file', 'annotations/instances_train.json'),
+    (SEG_DEMO, 'image folder', 'images/training')])
+def test_a_data_root_one_folder_too_high_names_the_folder_below(tmp_path, config, what,
+                                                                 missing):
+    """data_root=data/ade for data/ade/ADEChallengeData2016 said only that the folder does
+    not exist, in words that read as if data/ade were right."""
+    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.checks import MissingDataError
+    from asmlp_mm.datasets.coco import make_coco_dataset
+    parent = tmp_path / 'data'
+    if config == SEG_DEMO:
+        root = make_ade_dataset(str(parent / 'ADEChallengeData2016'), num_train=1, num_val=1)
+    else:
+        root = make_coco_dataset(str(parent / 'coco'), num_train=1, num_val=1)
+    (parent / 'other').mkdir()  # a folder without the dataset is not named
+    nowhere = str(parent / missing)
+    with pytest.raises(MissingDataError, match=re.escape(
+            f'the {what} {nowhere!r} does not exist; it is in {root!r}, one folder down: '
+            f'set data_root={root!r}.')):
+        build_dataset(config, 'train_dataloader', data_root=str(parent))
+
+
 def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path):
     from asmlp_mm.datasets.ade import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=3, num_val=1)

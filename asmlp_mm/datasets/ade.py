@@ -138,7 +138,8 @@ class CheckedADE20KDataset(ADE20KDataset):
             require_paths(type(self).__name__,
                           [('image folder', self.data_prefix.get('img_path')),
                            ('label folder', self.data_prefix.get('seg_map_path')),
-                           ('list file', self.ann_file)], LAYOUT, self.backend_args)
+                           ('list file', self.ann_file)], LAYOUT, self.backend_args,
+                          self.data_root)
         data_list = super().load_data_list()
         if self.check_files:
             self._check_files(data_list)

@@ -30,12 +30,15 @@ class InvalidDataError(DataError, ValueError):
 
 
 def require_paths(dataset: str, paths: Sequence[Tuple[str, str]], layout: str,
-                  backend_args: Optional[dict] = None) -> None:
+                  backend_args: Optional[dict] = None,
+                  data_root: Optional[str] = None) -> None:
     """Raise :class:`MissingDataError` for the first of ``paths`` (pairs of what it is and
     the path) that does not exist: its name, the path and, for a relative local path, the
-    folder it was looked for in; then ``layout``, what the dataset expects and how to
-    point the config at it. Empty paths, and paths of a storage that cannot tell whether a
-    path exists (mmengine's HTTP backend), are skipped."""
+    folder it was looked for in; where it exists one folder below ``data_root`` (the
+    folder of the dataset's parent given as its root), that folder; then ``layout``, what
+    the dataset expects and how to point the config at it. Empty paths, and paths of a
+    storage that cannot tell whether a path exists (mmengine's HTTP backend), are
+    skipped."""
     for what, path in paths:
         if not path:
             continue
@@ -45,8 +48,27 @@ def require_paths(dataset: str, paths: Sequence[Tuple[str, str]], layout: str,
         where = ''
         if isinstance(backend, LocalBackend) and not osp.isabs(path):
             where = f' (looked for in {os.getcwd()!r})'
+        if isinstance(backend, LocalBackend):
+            below = _one_folder_below(path, data_root)
+            if below:
+                where += (f'; it is in {below!r}, one folder down: '
+                          f'set data_root={below!r}')
         raise MissingDataError(f'{dataset}: the {what} {path!r} does not exist{where}. '
                                f'{layout}')
+
+
+def _one_folder_below(path: str, data_root: Optional[str]) -> Optional[str]:
+    """The subfolder of the local folder ``data_root`` in which ``path`` (which lies under
+    ``data_root``) exists, if exactly one has it."""
+    if not data_root or not osp.isdir(data_root):
+        return None
+    relative = osp.relpath(path, data_root)
+    if relative.startswith(os.pardir):
+        return None
+    found = [osp.join(data_root, name) for name in sorted(os.listdir(data_root))
+             if osp.isdir(osp.join(data_root, name))
+             and osp.exists(osp.join(data_root, name, relative))]
+    return found[0] if len(found) == 1 else None
 
 
 def find_missing(paths: Sequence[str], backend_args: Optional[dict] = None) -> List[str]:

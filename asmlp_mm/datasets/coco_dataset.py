@@ -319,7 +319,7 @@ class CheckedCocoDataset(CocoDataset):
             require_paths(type(self).__name__,
                           [('annotation file', self.ann_file),
                            ('image folder', self.data_prefix.get('img'))],
-                          LAYOUT, self.backend_args)
+                          LAYOUT, self.backend_args, self.data_root)
         return super().load_data_list()
 
     def COCOAPI(self, local_path: str) -> COCO:  # noqa: N802 (the name CocoDataset calls)

@@ -67,7 +67,7 @@ class CheckedImageNet(ImageNet):
         if self.check_files:
             require_paths(type(self).__name__, [('image folder', self.img_prefix),
                                                 ('list file', self.ann_file)],
-                          LAYOUT, getattr(self, 'backend_args', None))
+                          LAYOUT, getattr(self, 'backend_args', None), self.data_root)
         try:
             data_list = super().load_data_list()
         except ValueError:  # a line mmpretrain cannot split or parse: name it
