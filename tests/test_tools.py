@@ -147,10 +147,10 @@ def test_a_backbone_checkpoint_as_the_whole_model_is_refused_naming_the_fix(
 
 
 @pytest.mark.parametrize('option,value,message', [
-    ('--dump-metrics', 'folder', "is a folder; give a file name"),
-    ('--out', 'results.json', 'must end with .pkl or .pickle'),
-    ('--out', 'a_file/results.pkl', 'cannot create its folder'),
-    ('--dump-metrics', 'a_file/metrics.json', 'cannot create its folder'),
+    ('--dump-metrics', 'folder', "is a folder; give the path of the file to write"),
+    ('--out', 'results.json', 'name the file with one of the suffixes .pkl, .pickle'),
+    ('--out', 'a_file/results.pkl', "a_file' is not a writable folder"),
+    ('--dump-metrics', 'a_file/metrics.json', "a_file' is not a writable folder"),
 ])
 def test_an_output_file_that_cannot_be_written_is_refused_before_testing(
         tmp_path, option, value, message):
@@ -186,6 +186,22 @@ def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
             f" does not exist (looked for in {str(tmp_path)!r}). COCO 2017 is expected") in out
     assert 'Traceback' not in out
     assert 'pkg_resources is deprecated' not in out  # asmlp_mm.compat: noise users cannot act on
+
+
+def test_a_missing_annotation_file_of_the_evaluator_is_named_with_its_option(tmp_path):
+    """COCO's metric opens its ann_file when the runner builds it (after the datasets):
+    FileNotFoundError with a traceback. The tools name the evaluator and the option."""
+    from asmlp_mm.datasets.coco import make_coco_dataset
+    root = make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2)
+    out = run_failing(TRAIN, DET_DEMO, '--work-dir', tmp_path / 'work', '--cfg-options',
+                      *(f'{loader}.dataset.data_root={root}/' for loader in (
+                          'train_dataloader', 'val_dataloader', 'test_dataloader')),
+                      'val_evaluator.ann_file=nothere.json', cwd=tmp_path)
+    assert ("val_evaluator (CocoMetric): the annotation file 'nothere.json' does not exist "
+            f"(looked for in {str(tmp_path)!r}). The metric reads the ground truth from it; "
+            "set it with --cfg-options val_evaluator.ann_file=PATH.") in out
+    assert 'Traceback' not in out
+    assert not list((tmp_path / 'work').rglob('*.pth'))
 
 
 @pytest.mark.parametrize('tool', [TRAIN, TEST])

@@ -66,20 +66,12 @@ def warn_drawing_on_one_process(runner):
 
 def check_output_file(path: str, option: str, suffixes=()) -> None:
     """Refuse, before the evaluation rather than after it, an output file that cannot be
-    written: a folder, a name without one of ``suffixes``, a parent that is a file or not
-    writable. Creates the parent folder."""
-    if osp.isdir(path):
-        raise SystemExit(f'{option} {path!r} is a folder; give a file name')
-    if suffixes and not path.endswith(tuple(suffixes)):
-        raise SystemExit(f'{option} {path!r}: the file name must end with '
-                         f'{" or ".join(suffixes)}')
-    folder = osp.dirname(osp.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise SystemExit(f'{option} {path!r}: cannot create its folder ({err.strerror})')
-    if not os.access(folder, os.W_OK):
-        raise SystemExit(f'{option} {path!r}: its folder {folder!r} is not writable')
+    written (``asmlp_mm.analysis.output_file_problem``); then create its folder."""
+    from asmlp_mm.analysis import output_file_problem
+    problem = output_file_problem(path, suffixes)
+    if problem:
+        raise SystemExit(f'{option} {problem}')
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
 
 
 def enable_tta(cfg):
