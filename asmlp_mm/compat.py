@@ -8,6 +8,7 @@ says why it exists and when it can go.
 """
 import os
 import pickle
+import re
 import warnings
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
@@ -160,18 +161,23 @@ def load_local_checkpoint(filename, map_location=None):
             f'{sorted(unknown)}; refusing to unpickle them') from refused
     raise CheckpointError(f'{filename!r} asks the unpickler for something that mmengine '
                           f'training checkpoints do not need; refusing to load it: '
-                          f'{_refusal(refused)}') from refused
+                          f'{weights_only_refusal(refused)}') from refused
 
 
-def _refusal(err: pickle.UnpicklingError) -> str:
-    """What the weights-only unpickler refused, without the advice around it that torch adds
-    (to load with ``weights_only=False``)."""
-    text = str(err)
+def weights_only_refusal(err: BaseException) -> str:
+    """What torch's weights-only unpickler refused, in its first sentence ('Unsupported
+    global: GLOBAL argparse.Namespace was not an allowed global by default.', or
+    'Unsupported operand 110' for bytes that are no checkpoint), without the advice around
+    it that torch adds (to load with ``weights_only=False``) and its terminal colours; the
+    first line of any other error."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))
     marker = 'WeightsUnpickler error:'
     if marker in text:
         text = text.split(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    return re.split(r'(?<=\.) (?=[A-Z])', lines[0], maxsplit=1)[0]
 
 
 def _unreadable(filename, err):

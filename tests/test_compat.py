@@ -131,6 +131,21 @@ def test_checkpoint_loader_refuses_getattr_beyond_history_buffer_statistics(tmp_
     assert load_local_checkpoint(str(path)) == {'min': HistoryBuffer.min}
 
 
+def test_weights_only_refusal_is_the_sentence_that_names_what_was_refused(tmp_path):
+    import argparse
+    from asmlp_mm.compat import weights_only_refusal
+    torch.save({'config': argparse.Namespace(a=1)}, tmp_path / 'ns.pth')
+    (tmp_path / 'junk.pth').write_text('not a checkpoint')
+    reasons = []
+    for name in ('ns.pth', 'junk.pth'):
+        with pytest.raises(Exception) as err:
+            torch.load(tmp_path / name, weights_only=True)
+        reasons.append(weights_only_refusal(err.value))
+    assert reasons == ['Unsupported global: GLOBAL argparse.Namespace was not an allowed '
+                       'global by default.', 'Unsupported operand 110']
+    assert weights_only_refusal(ValueError('first\nsecond')) == 'first'
+
+
 def test_checkpoint_of_a_runner_loads_without_full_unpickling(tmp_path, monkeypatch):
     """A checkpoint saved by mmengine's Runner (message hub with HistoryBuffers and numpy
     scalars, optimizer, parameter schedulers) loads with the weights-only unpickler."""

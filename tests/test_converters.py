@@ -9,6 +9,7 @@ import importlib.util
 import os.path as osp
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -457,6 +458,9 @@ def test_publish_model_refuses_what_is_not_a_training_checkpoint(tmp_path):
     torch.save({'state_dict': {}, 'meta': {}}, empty)
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': nn.Linear(2, 2).state_dict(), 'meta': {}}, good)
+    numpy_meta = tmp_path / 'numpy_meta.pth'
+    torch.save({'state_dict': nn.Linear(2, 2).state_dict(), 'meta': {'x': np.zeros(2)}},
+               numpy_meta)
     (tmp_path / 'file').write_text('')
     out = str(tmp_path / 'o.pth')
     for source, target, message in (
@@ -465,7 +469,9 @@ def test_publish_model_refuses_what_is_not_a_training_checkpoint(tmp_path):
             (empty, out, 'state_dict is empty'),
             (good, str(tmp_path / 'o.pt'), 'suffixes .pth'),
             (good, '', 'no file name given'),
-            (good, str(tmp_path / 'file' / 'o.pth'), 'is not a writable folder')):
+            (good, str(tmp_path / 'file' / 'o.pth'), 'is not a writable folder'),
+            (numpy_meta, out, 'still does not load weights-only: Unsupported global: '
+                              'GLOBAL numpy')):
         result = subprocess.run([sys.executable, PUBLISH, str(source), target],
                                 capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

@@ -44,6 +44,7 @@ if ROOT not in sys.path:
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
+from asmlp_mm.compat import weights_only_refusal  # noqa: E402
 from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 from asmlp_mm.models import ASMLP  # noqa: E402
 from asmlp_mm.models.published import published_key_to_ours  # noqa: E402
@@ -76,14 +77,9 @@ def load_source(path: str, unsafe: bool = False) -> dict:
     try:
         return torch.load(path, map_location='cpu', weights_only=not unsafe)
     except Exception as err:  # torch raises several types for unreadable files
-        text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))  # torch's terminal colours
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        # of torch's weights-only unpickler, the sentence that says what it could not read:
-        # an object it refuses to rebuild ('Unsupported global: GLOBAL argparse.Namespace
-        # was not an allowed global by default.'), or bytes that are no pickle of a
-        # checkpoint ('Unsupported operand 110')
-        named = re.search(r'Unsupported (global|operand)[^\n]*?(\.(?= )|$)', text, re.M)
-        first_line = named.group(0) if named else (lines[0] if lines else '')
+        # an object it refuses to rebuild ('Unsupported global: ...'), or bytes that are no
+        # pickle of a checkpoint ('Unsupported operand ...')
+        first_line = weights_only_refusal(err)
         refused = first_line.startswith('Unsupported global')
         hint = '' if unsafe or not refused else (
             '\nIf it is a trusted training checkpoint that pickles other Python objects, '

@@ -30,7 +30,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from asmlp_mm.analysis import output_file_problem  # noqa: E402
-from asmlp_mm.compat import CheckpointError, load_local_checkpoint  # noqa: E402
+from asmlp_mm.compat import (CheckpointError, load_local_checkpoint,  # noqa: E402
+                             weights_only_refusal)
 from asmlp_mm.engine import AtomicLocalBackend  # noqa: E402
 
 #: what a published checkpoint keeps
@@ -72,7 +73,7 @@ def publish(in_file: str, out_file: str) -> str:
         torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as err:
         raise SystemExit(f'the published form of {in_file!r} still does not load '
-                         f'weights-only: {str(err).splitlines()[0]}')
+                         f'weights-only: {weights_only_refusal(err)} (in its meta)')
     target = hashed_name(out_file, hashlib.sha256(data).hexdigest())
     if osp.abspath(target) == osp.abspath(in_file):
         raise SystemExit(f'{in_file!r} is already published')
