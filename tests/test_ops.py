@@ -165,9 +165,13 @@ def test_no_channels(mode):
 
 
 @pytest.mark.parametrize('mode', PADDING_MODES)
+@pytest.mark.filterwarnings('error:There is a performance drop')  # vmap's slow fallback
 def test_torch_func_transforms(mode):
-    """torch.func's grad, jacrev and vmap take the shift, and agree with the reference."""
-    from torch.func import grad, jacrev, vmap
+    """torch.func's grad, jacrev, jacfwd and vmap take the shift through its own rules (vmap
+    ran the compiled kernel image by image, through PyTorch's fallback), and agree with the
+    reference; so does forward-mode AD."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import grad, jacfwd, jacrev, vmap
     torch.manual_seed(0)
     x = torch.randn(1, 6, 4, 5, dtype=torch.float64)
     weight = torch.randn_like(x)
@@ -179,6 +183,12 @@ def test_torch_func_transforms(mode):
     jacobian = jacrev(lambda t: axial_shift(t, 2, 3, 1, mode))(x)
     ref = torch.autograd.functional.jacobian(lambda t: naive_shift(t, 2, 3, 1, mode), x)
     torch.testing.assert_close(jacobian, ref)
+    torch.testing.assert_close(jacfwd(lambda t: axial_shift(t, 2, 3, 1, mode))(x), ref)
+    tangent = torch.randn_like(x)
+    with fwAD.dual_level():
+        out = axial_shift(fwAD.make_dual(x, tangent), 3, 5, 2, mode)
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent,
+                                   naive_shift(tangent, 3, 5, 2, mode))
     batch = torch.randn(3, 2, 6, 4, 5, dtype=torch.float64)
     for in_dim in (0, 2):
         mapped = vmap(lambda t: axial_shift(t, 3, 5, 2, mode), in_dims=in_dim)(

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import cpu_kernel, triton_kernel
 from .pointwise import is_traced
@@ -110,6 +111,8 @@ def _use_kernel(x: Tensor) -> bool:
     if is_traced():  # first: dynamo refuses reads of .layout in an autograd.Function
         return False
     if x.layout != torch.strided or x.is_quantized or x.element_size() not in (1, 2, 4, 8):
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # no storage of its own
         return False
     if x.device.type == 'cpu':
         return cpu_kernel.enabled()
@@ -278,6 +281,41 @@ class _AxialShiftAdjoint(torch.autograd.Function):
         return _vmapped(_AxialShiftAdjoint, in_dims, grad, args)
 
 
+class _ShiftWithTangents(_AxialShiftFunction):
+    """:class:`_AxialShiftFunction` with a jvp rule, for forward-mode AD (``jacfwd``,
+    ``torch.autograd.forward_ad``): the shift is linear, so the tangent shifts as the
+    input does. Dynamo refuses functions with a jvp rule, so compiled code never gets
+    this one (:func:`axial_shift` takes it only outside tracers)."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AdjointWithTangents.apply(grad, *ctx.args), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        return _ShiftWithTangents.apply(tangent, *ctx.args)
+
+    @staticmethod
+    def vmap(info, in_dims, x, *args):
+        return _vmapped(_ShiftWithTangents, in_dims, x, args)
+
+
+class _AdjointWithTangents(_AxialShiftAdjoint):
+    """:class:`_AxialShiftAdjoint` with a jvp rule (see :class:`_ShiftWithTangents`)."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ShiftWithTangents.apply(grad, *ctx.args), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        return _AdjointWithTangents.apply(tangent, *ctx.args)
+
+    @staticmethod
+    def vmap(info, in_dims, grad, *args):
+        return _vmapped(_AdjointWithTangents, in_dims, grad, args)
+
+
 def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
                 padding: str = 'zero') -> Tensor:
     """Shift channel groups of an NCHW tensor along one spatial axis.
@@ -305,6 +343,19 @@ def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
         return x.clone()
     if torch.onnx.is_in_onnx_export():
         return _shift_functional(x, dim, shift_size, dilation, padding)
-    if not (x.requires_grad and torch.is_grad_enabled()):
+    if is_traced():  # a tracer or compiler: no torch.func transform, no jvp rule
+        if x.requires_grad and torch.is_grad_enabled():
+            return _AxialShiftFunction.apply(x, dim, shift_size, dilation, padding)
         return _shift_forward(x, dim, shift_size, dilation, padding)
-    return _AxialShiftFunction.apply(x, dim, shift_size, dilation, padding)
+    if x.requires_grad and torch.is_grad_enabled() or _transformed(x):
+        return _ShiftWithTangents.apply(x, dim, shift_size, dilation, padding)
+    return _shift_forward(x, dim, shift_size, dilation, padding)
+
+
+def _transformed(x: Tensor) -> bool:
+    """Whether ``x`` is under a ``torch.func`` transform (vmap, jacfwd, ...) or carries a
+    forward-mode tangent: then the shift goes through :class:`_ShiftWithTangents`, whose
+    vmap and jvp rules handle it (the kernels take plain tensors only)."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return True
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None
