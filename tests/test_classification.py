@@ -128,8 +128,15 @@ def test_tiny_train_and_test_through_tools(tmp_path):
         assert 'glibc keeps the memory it frees' in out  # a CPU run: tools/_common.py
     assert (work / 'epoch_3.pth').is_file()
     out = run_tool(osp.join(ROOT, 'tools', 'test.py'), config, str(work / 'epoch_3.pth'),
-                   '--work-dir', str(work), '--show-dir', 'drawn', *opts, cwd=tmp_path)
+                   '--work-dir', str(work), '--show-dir', 'drawn', '--out', 'preds.pkl',
+                   *opts, cwd=tmp_path)
     assert 'accuracy/top1' in out
+    # --out: mmengine's DumpResults beside the config's metric, one prediction per image
+    import pickle
+    with open(tmp_path / 'preds.pkl', 'rb') as f:
+        predictions = pickle.load(f)
+    assert len(predictions) == len(list((data / 'val').rglob('*.png')))
+    assert all('pred_label' in p for p in predictions)
     # --show-dir is relative to the work dir, as for detection and segmentation
     assert len(list((work / 'drawn').glob('*.png'))) == len(list((data / 'val').rglob('*.png')))
     assert not (tmp_path / 'drawn').exists()

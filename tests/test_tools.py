@@ -188,20 +188,27 @@ def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
     assert 'pkg_resources is deprecated' not in out  # asmlp_mm.compat: noise users cannot act on
 
 
-def test_a_missing_annotation_file_of_the_evaluator_is_named_with_its_option(tmp_path):
+@pytest.mark.parametrize('tool', [TRAIN, TEST])
+def test_a_missing_annotation_file_of_the_evaluator_is_named_with_its_option(tmp_path, tool):
     """COCO's metric opens its ann_file when the runner builds it (after the datasets):
-    FileNotFoundError with a traceback. The tools name the evaluator and the option."""
+    FileNotFoundError with a traceback. The tools name the evaluator they build and its
+    option (tools/test.py with --out built its evaluator before the check)."""
     from asmlp_mm.datasets.coco import make_coco_dataset
     root = make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2)
-    out = run_failing(TRAIN, DET_DEMO, '--work-dir', tmp_path / 'work', '--cfg-options',
+    key = 'val_evaluator' if tool == TRAIN else 'test_evaluator'
+    (tmp_path / 'ckpt.pth').write_bytes(b'')  # not read: the evaluator fails first
+    args = [] if tool == TRAIN else [tmp_path / 'ckpt.pth', '--out', tmp_path / 'r.pkl']
+    out = run_failing(tool, DET_DEMO, *args, '--work-dir', tmp_path / 'work', '--cfg-options',
                       *(f'{loader}.dataset.data_root={root}/' for loader in (
                           'train_dataloader', 'val_dataloader', 'test_dataloader')),
-                      'val_evaluator.ann_file=nothere.json', cwd=tmp_path)
-    assert ("val_evaluator (CocoMetric): the annotation file 'nothere.json' does not exist "
+                      *(f'{k}.ann_file=nothere.json' for k in ('val_evaluator',
+                                                               'test_evaluator')),
+                      cwd=tmp_path)
+    assert (f"{key} (CocoMetric): the annotation file 'nothere.json' does not exist "
             f"(looked for in {str(tmp_path)!r}). The metric reads the ground truth from it; "
-            "set it with --cfg-options val_evaluator.ann_file=PATH.") in out
+            f"set it with --cfg-options {key}.ann_file=PATH.") in out
     assert 'Traceback' not in out
-    assert not list((tmp_path / 'work').rglob('*.pth'))
+    assert not list((tmp_path / 'work').rglob('*.pth')) and not (tmp_path / 'r.pkl').exists()
 
 
 @pytest.mark.parametrize('tool', [TRAIN, TEST])

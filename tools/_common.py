@@ -58,28 +58,28 @@ def load_config(args) -> Config:
     return cfg
 
 
-def missing_evaluator_file(cfg: Config, err: FileNotFoundError):
-    """The message for ``err`` where it is an ``ann_file`` of an evaluator that does not
-    exist (COCO's metric opens it when it is built, after the datasets, with a traceback
-    that names neither the evaluator nor the option to set); None for any other file."""
+def missing_evaluator_file(cfg: Config, err: FileNotFoundError, key: str):
+    """The message for ``err`` where it is an ``ann_file`` of the evaluator ``key``
+    ('val_evaluator' or 'test_evaluator') that does not exist (COCO's metric opens it when
+    it is built, after the datasets, with a traceback that names neither the evaluator nor
+    the option to set); None for any other file."""
     from asmlp_mm.datasets.checks import DataError, require_paths
-    for key in ('val_evaluator', 'test_evaluator'):
-        evaluators = cfg.get(key)
-        evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-        loader = cfg.get(key.replace('evaluator', 'dataloader')) or {}
-        data_root = (loader.get('dataset') or {}).get('data_root')
-        for evaluator in evaluators:
-            if not isinstance(evaluator, dict) or not evaluator.get('ann_file') or \
-                    str(evaluator['ann_file']) != str(err.filename):
-                continue
-            try:
-                require_paths(f"{key} ({evaluator.get('type')})",
-                              [('annotation file', evaluator['ann_file'])],
-                              f'The metric reads the ground truth from it; set it with '
-                              f'--cfg-options {key}.ann_file=PATH.',
-                              evaluator.get('backend_args'), data_root)
-            except DataError as data_error:
-                return str(data_error)
+    evaluators = cfg.get(key) if key else None
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    loader = cfg.get(key.replace('evaluator', 'dataloader')) or {} if key else {}
+    data_root = (loader.get('dataset') or {}).get('data_root')
+    for evaluator in evaluators:
+        if not isinstance(evaluator, dict) or not evaluator.get('ann_file') or \
+                str(evaluator['ann_file']) != str(err.filename):
+            continue
+        try:
+            require_paths(f"{key} ({evaluator.get('type')})",
+                          [('annotation file', evaluator['ann_file'])],
+                          f'The metric reads the ground truth from it; set it with '
+                          f'--cfg-options {key}.ann_file=PATH.',
+                          evaluator.get('backend_args'), data_root)
+        except DataError as data_error:
+            return str(data_error)
     return None
 
 
@@ -129,7 +129,7 @@ def shutdown_distributed():
         _distributed_run = True
 
 
-def run_loop(run, runner, exact_checkpoint: bool = True):
+def run_loop(run, runner, exact_checkpoint: bool = True, evaluator: str = ''):
     """``run()`` (``runner.train`` or ``runner.test``), then :func:`shutdown_distributed`.
 
     The checkpoint the runner loads (``load_from``, or the one it resumes from) is checked
@@ -139,7 +139,8 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     that starts from ``load_from``), only one of which no weight fits is refused. A model
     whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise, and
     so does missing or bad data found by the checked datasets (``DataError``) and a missing
-    annotation file of an evaluator (:func:`missing_evaluator_file`); resuming
+    annotation file of the ``evaluator`` the run builds ('val_evaluator' or
+    'test_evaluator'; :func:`missing_evaluator_file`); resuming
     with another number of processes is a warning (``ProcessCountHook``).
     """
     from asmlp_mm.compat import CheckpointError
@@ -156,7 +157,7 @@ def run_loop(run, runner, exact_checkpoint: bool = True):
     except DataError as err:
         raise SystemExit(data_error_text(err))
     except FileNotFoundError as err:
-        message = missing_evaluator_file(runner.cfg, err)
+        message = missing_evaluator_file(runner.cfg, err, evaluator)
         if message is None:
             raise
         raise SystemExit(message) from None

@@ -96,14 +96,15 @@ def main():
         enable_drawing(cfg, args.show_dir)
     if args.tta:
         enable_tta(cfg)
+    if args.out:  # mmengine's metric that pickles the predictions, beside the config's
+        evaluators = cfg.test_evaluator
+        evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+        cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=args.out)]
     runner = Runner.from_cfg(cfg)
     if args.show_dir:
         warn_drawing_on_one_process(runner)
-    if args.out:
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     # fail with the mismatched keys instead of evaluating a half-loaded model
-    metrics = run_loop(runner.test, runner)
+    metrics = run_loop(runner.test, runner, evaluator='test_evaluator')
     if args.dump_metrics:
         with open(args.dump_metrics, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()
