@@ -315,3 +315,23 @@ def test_a_data_error_of_a_dataloader_worker_reads_as_in_the_main_process(wrappe
                                '\n\ncaused by:\nTraceback (most recent call last):\n')
         assert text.endswith("AttributeError: 'NoneType' object has no attribute 'imread'")
         assert 'The above exception' not in text and 'Caught' not in text
+
+
+def test_resume_without_a_checkpoint_starts_from_the_configs_load_from(tmp_path, data_options):
+    """--resume in a new work dir set load_from to None: a fine-tuning config (the B-384
+    one loads the 224 model) trained from random weights instead. Here the weights to start
+    from are marked (head bias 7) and the learning rate is 0: they must come out as they
+    went in."""
+    from asmlp_mm.analysis import save_initial_weights
+    start = tmp_path / 'start.pth'
+    save_initial_weights(CLS_DEMO, str(start))
+    checkpoint = torch.load(start, weights_only=True)
+    checkpoint['state_dict']['head.fc.bias'].fill_(7.)
+    torch.save(checkpoint, start)
+    out = run_tool(TRAIN, CLS_DEMO, '--work-dir', tmp_path / 'work', '--resume',
+                   *data_options, f'load_from={start}',
+                   'optim_wrapper.optimizer.lr=0.', cwd=tmp_path, threads=1)
+    assert (f"--resume: no checkpoint that loads in {tmp_path / 'work'}, training from "
+            f"load_from={str(start)!r}") in out
+    trained = torch.load(tmp_path / 'work' / 'epoch_2.pth', weights_only=False)
+    assert torch.all(trained['state_dict']['head.fc.bias'] == 7.)

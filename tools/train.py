@@ -34,12 +34,16 @@ def main():
     if args.resume == 'auto':
         # the newest checkpoint that loads (a save cut off by a crash is skipped)
         from asmlp_mm.engine import find_resumable_checkpoint
-        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
-        # without one, mmengine's own search would pick a broken file
-        cfg.resume = cfg.load_from is not None
-        if not cfg.resume:
-            print(f'--resume: no checkpoint that loads in {cfg.work_dir}, '
-                  'training from scratch')
+        found = find_resumable_checkpoint(cfg.work_dir)
+        # without one, mmengine's own search would pick a broken file; the run starts as
+        # without --resume (from the config's load_from, if it has one)
+        cfg.resume = found is not None
+        if cfg.resume:
+            cfg.load_from = found
+        else:
+            start = (f"from load_from={cfg.load_from!r}" if cfg.get('load_from')
+                     else 'from scratch')
+            print(f'--resume: no checkpoint that loads in {cfg.work_dir}, training {start}')
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
