@@ -168,8 +168,8 @@ def weights_only_refusal(err: BaseException) -> str:
     """What torch's weights-only unpickler refused, in its first sentence ('Unsupported
     global: GLOBAL argparse.Namespace was not an allowed global by default.', or
     'Unsupported operand 110' for bytes that are no checkpoint), without the advice around
-    it that torch adds (to load with ``weights_only=False``) and its terminal colours; the
-    first line of any other error."""
+    it that torch adds (to load with ``weights_only=False``) and its terminal colours; of
+    any other error, the first sentence of its first line."""
     text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))
     marker = 'WeightsUnpickler error:'
     if marker in text:
@@ -181,7 +181,7 @@ def weights_only_refusal(err: BaseException) -> str:
 
 
 def _unreadable(filename, err):
-    detail = str(err).splitlines()[0] if str(err) else ''
+    detail = weights_only_refusal(err) if str(err) else ''
     return CheckpointError(f'cannot load {filename!r} as a PyTorch checkpoint: expected a file '
                            f'written by torch.save (e.g. by tools/train.py). '
                            f'{type(err).__name__}: {detail}')

@@ -377,6 +377,7 @@ def test_cam_through_mmpretrain_vis_cam(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=match):
             cam_tool.main(argv)
     monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
     with pytest.raises(SystemExit, match='no display .*--save-path'):
         cam_tool.main([image, str(config), ckpt])
 

@@ -489,6 +489,17 @@ def test_a_published_checkpoint_is_sent_to_the_converter(tmp_path, layout):
     with pytest.raises(ValueError, match=r"layout of the authors' released code.*"
                                          r'tools/model_converters/asmlp_to_mm.py .*ckpt.pth'):
         model.init_weights()
+    # a URL (mmengine downloads it): the converter takes the downloaded file
+    from mmengine.runner import CheckpointLoader
+    url = 'https://example.com/asmlp_tiny.pth'
+    loaded = torch.load(tmp_path / 'ckpt.pth', weights_only=True)
+    original = CheckpointLoader._schemes['https://']
+    CheckpointLoader._schemes['https://'] = lambda *args, **kwargs: loaded
+    try:
+        with pytest.raises(ValueError, match=r'asmlp_to_mm.py DOWNLOADED.pth OUT.pth'):
+            ASMLP(TINY, init_cfg=pretrained(url, prefix='backbone.')).init_weights()
+    finally:
+        CheckpointLoader._schemes['https://'] = original
 
 
 def test_a_pretrained_init_cfg_without_a_checkpoint():

@@ -149,6 +149,7 @@ def test_a_backbone_checkpoint_as_the_whole_model_is_refused_naming_the_fix(
 @pytest.mark.parametrize('option,value,message', [
     ('--dump-metrics', 'folder', "is a folder; give the path of the file to write"),
     ('--out', 'results.json', 'name the file with one of the suffixes .pkl, .pickle'),
+    ('--out', 'results.PKL', 'name the file with one of the suffixes .pkl, .pickle'),
     ('--out', 'a_file/results.pkl', "a_file' is not a writable folder"),
     ('--dump-metrics', 'a_file/metrics.json', "a_file' is not a writable folder"),
 ])

@@ -588,11 +588,12 @@ class ASMLP(BaseModule):
                 f'with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
                 f'model.backbone.init_cfg=None trains from random weights') from None
         if is_published_layout(loaded):
+            local = checkpoint if '://' not in str(checkpoint) else 'DOWNLOADED.pth'
             raise CheckpointMismatchError(
                 f'checkpoint {checkpoint!r} is in the layout of the authors\' released code '
                 f'(layers.*.blocks.*.axial_shift.*): convert it first with '
-                f'"python tools/model_converters/asmlp_to_mm.py {checkpoint} OUT.pth" and load '
-                f'OUT.pth')
+                f'"python tools/model_converters/asmlp_to_mm.py {local} OUT.pth" (a local '
+                f'file) and load OUT.pth')
         state = checkpoint_state_dict(loaded, checkpoint, prefix)
         if prefix and not state:
             raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '

@@ -49,9 +49,9 @@ def check_arguments(args) -> None:
     from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
     for what, path in (('image', args.img), ('config', args.config),
                        ('checkpoint', args.checkpoint)):
-        if not osp.isfile(path):
+        if '://' not in path and not osp.isfile(path):  # URLs: as mmpretrain reads them
             raise SystemExit(f'error: the {what} {path!r} does not exist')
-    if mmcv.imread(args.img) is None:
+    if '://' not in args.img and mmcv.imread(args.img) is None:
         raise SystemExit(f'error: {args.img!r} cannot be read as an image')
     try:
         cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options, args.config)
@@ -79,8 +79,9 @@ def check_arguments(args) -> None:
                          f'0..{num_classes - 1}')
     if args.preview_model:
         return
-    if args.save_path is None:
-        if not os.environ.get('DISPLAY'):
+    if args.save_path is None:  # shown in a window (X11 on Linux)
+        if sys.platform.startswith('linux') and not os.environ.get('DISPLAY') and \
+                not os.environ.get('WAYLAND_DISPLAY'):
             raise SystemExit('error: no display to show the map on: save it with '
                              '--save-path FILE.jpg')
         return
