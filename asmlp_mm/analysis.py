@@ -50,8 +50,9 @@ def save_initial_weights(cfg, path: str) -> None:
 def output_file_problem(path: str, suffixes: Sequence[str] = ()) -> Optional[str]:
     """Why a tool could not write its output file ``path`` (None if it can), to say so
     before any work: no name, a folder, a suffix not in ``suffixes`` (with the dot, matched
-    as written, since mmengine's DumpResults takes '.pkl' only; any if empty), or no writable folder where it would go (folders that do not exist
-    yet are made by the tools, under the nearest existing one)."""
+    as written, since mmengine's DumpResults takes '.pkl' only; any if empty), or no
+    writable folder where it would go (folders that do not exist yet are made by the
+    tools, under the nearest existing one)."""
     if not path:
         return 'no file name given'
     if osp.isdir(path):
