@@ -2,6 +2,7 @@
 
 tests/test_ops.py runs its reference tests on both paths; these cover what is particular to
 the kernel: memory layouts, dtypes, threads, its own argument checks and the fallback."""
+import gc
 import itertools
 import os
 import subprocess
@@ -274,9 +275,17 @@ def test_huge_pages_can_be_turned_off():
 
 
 def memory_events(fn):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
-        fn()
+    """The allocations (+bytes) and frees (-bytes) the profiler records while ``fn`` runs;
+    with the garbage of earlier tests collected first and the collector off meanwhile (a
+    tensor of another test, freed by a collection inside the window, was recorded too)."""
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as prof:
+            fn()
+    finally:
+        gc.enable()
     return [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
 
 
