@@ -64,9 +64,11 @@ def missing_evaluator_file(cfg: Config, err: FileNotFoundError, key: str):
     it is built, after the datasets, with a traceback that names neither the evaluator nor
     the option to set); None for any other file."""
     from asmlp_mm.datasets.checks import DataError, require_paths
-    evaluators = cfg.get(key) if key else None
+    if not key:
+        return None
+    evaluators = cfg.get(key)
     evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-    loader = cfg.get(key.replace('evaluator', 'dataloader')) or {} if key else {}
+    loader = cfg.get(key.replace('evaluator', 'dataloader')) or {}
     data_root = (loader.get('dataset') or {}).get('data_root')
     for evaluator in evaluators:
         if not isinstance(evaluator, dict) or not evaluator.get('ann_file') or \

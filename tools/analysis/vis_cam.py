@@ -47,11 +47,12 @@ def check_arguments(args) -> None:
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
     from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
-    for what, path in (('image', args.img), ('config', args.config),
-                       ('checkpoint', args.checkpoint)):
-        if '://' not in path and not osp.isfile(path):  # URLs: as mmpretrain reads them
+    local_image = '://' not in args.img  # mmpretrain reads an image URL too
+    for what, path in (('image', args.img if local_image else None), ('config', args.config),
+                       ('checkpoint', args.checkpoint)):  # the checkpoint is checked locally
+        if path is not None and not osp.isfile(path):
             raise SystemExit(f'error: the {what} {path!r} does not exist')
-    if '://' not in args.img and mmcv.imread(args.img) is None:
+    if local_image and mmcv.imread(args.img) is None:
         raise SystemExit(f'error: {args.img!r} cannot be read as an image')
     try:
         cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options, args.config)
