@@ -47,6 +47,15 @@ def save_initial_weights(cfg, path: str) -> None:
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute if it exists, else its nearest ancestor that does: the folder
+    under which the folders a tool makes for it would start."""
+    path = osp.abspath(path)
+    while not osp.lexists(path):
+        path = osp.dirname(path)
+    return path
+
+
 def output_file_problem(path: str, suffixes: Sequence[str] = ()) -> Optional[str]:
     """Why a tool could not write its output file ``path`` (None if it can), to say so
     before any work: no name, a folder, a suffix not in ``suffixes`` (with the dot, matched
@@ -59,9 +68,7 @@ def output_file_problem(path: str, suffixes: Sequence[str] = ()) -> Optional[str
         return f'{path!r} is a folder; give the path of the file to write'
     if suffixes and osp.splitext(path)[1] not in suffixes:  # as written: '.pkl', not '.PKL'
         return f'{path!r}: name the file with one of the suffixes {", ".join(suffixes)}'
-    folder = osp.dirname(osp.abspath(path))
-    while not osp.lexists(folder):
-        folder = osp.dirname(folder)
+    folder = nearest_existing(osp.dirname(osp.abspath(path)))
     if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         return f'{path!r}: {folder!r} is not a writable folder'
     return None

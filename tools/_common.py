@@ -90,10 +90,9 @@ def check_work_dir(path: str) -> None:
     (mmengine fails with a traceback): one that is a file, lies under a file, or whose
     nearest existing folder is not writable. Makes nothing (every process of a distributed
     run checks at once)."""
+    from asmlp_mm.analysis import nearest_existing
     path = osp.abspath(path)
-    existing = path
-    while not osp.lexists(existing):
-        existing = osp.dirname(existing)
+    existing = nearest_existing(path)
     if existing == path and not osp.isdir(path):
         raise SystemExit(f'work dir {path!r} cannot be made: it exists and is not a folder')
     if not osp.isdir(existing):
