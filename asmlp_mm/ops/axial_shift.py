@@ -343,12 +343,10 @@ def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
         return x.clone()
     if torch.onnx.is_in_onnx_export():
         return _shift_functional(x, dim, shift_size, dilation, padding)
-    if is_traced():  # a tracer or compiler: no torch.func transform, no jvp rule
-        if x.requires_grad and torch.is_grad_enabled():
-            return _AxialShiftFunction.apply(x, dim, shift_size, dilation, padding)
-        return _shift_forward(x, dim, shift_size, dilation, padding)
-    if x.requires_grad and torch.is_grad_enabled() or _transformed(x):
-        return _ShiftWithTangents.apply(x, dim, shift_size, dilation, padding)
+    traced = is_traced()  # a tracer or compiler: no torch.func transform, no jvp rule
+    if x.requires_grad and torch.is_grad_enabled() or not traced and _transformed(x):
+        function = _AxialShiftFunction if traced else _ShiftWithTangents
+        return function.apply(x, dim, shift_size, dilation, padding)
     return _shift_forward(x, dim, shift_size, dilation, padding)
 
 
