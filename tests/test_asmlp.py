@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -177,14 +178,38 @@ def test_with_cp_same_gradients():
         torch.testing.assert_close(pa.grad, pb.grad)
 
 
-def test_default_init():
-    model = ASMLP(TINY)
+def conv_weight_stats(model):
+    """(in_channels, std, max |w|) of the weights of every convolution."""
+    return [(m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.weight.std().item(),
+             m.weight.abs().max().item()) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_default_init_is_the_released_one():
+    """As the authors' released model: PyTorch's default initialization of every
+    convolution (uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)), norms at 1 and 0."""
+    torch.manual_seed(0)
+    model = ASMLP(dict(embed_dims=32, depths=[1, 1, 1, 1]))  # >= 1024 weights a layer
     model.init_weights()
-    # as released: truncated normal, std 0.02 (timm's bounds are +-2 absolute), zero bias
-    w = model.stages[0].blocks[0].mlp.fc1.weight
-    assert 0.015 < w.std() < 0.025 and abs(w.mean()) < 0.005
-    assert torch.all(model.stages[0].blocks[0].mlp.fc1.bias == 0)
-    assert torch.all(model.stages[0].blocks[0].norm1.weight == 1)
+    stats = conv_weight_stats(model)
+    assert len(stats) > 20
+    for fan_in, std, largest in stats:
+        assert abs(std * math.sqrt(3 * fan_in) - 1) < 0.1 and largest <= fan_in**-0.5
+    fc1 = model.stages[0].blocks[0].mlp.fc1
+    assert fc1.bias.abs().max() <= fc1.in_channels**-0.5 and fc1.bias.std() > 0
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def test_trunc_normal_init_is_selectable():
+    torch.manual_seed(0)
+    model = ASMLP(TINY, init_cfg=ASMLP.TRUNC_NORMAL_INIT)
+    model.init_weights()
+    for _, std, largest in conv_weight_stats(model):
+        assert 0.015 < std < 0.025 and largest < 0.2
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert torch.all(m.bias == 0)
 
 
 @pytest.mark.parametrize('kwargs,error,match', [

@@ -329,9 +329,11 @@ class ASMLP(BaseModule):
         act_cfg (dict): Activation config. Defaults to GELU.
         init_cfg (dict | list[dict], optional): Initialization config; e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads the backbone
-            of an mmpretrain AS-MLP classifier checkpoint. Defaults to truncated-normal
-            (std 0.02) weights and zero biases for the convolutions and linear layers, and
-            ones and zeros for the norms; None leaves PyTorch's own initialization.
+            of an mmpretrain AS-MLP classifier checkpoint. Defaults to None: PyTorch's own
+            initialization, as in the authors' released model (it initializes only
+            ``nn.Linear`` layers and norms, and the backbone has no linear layer and
+            PyTorch's norms start at ones and zeros). :attr:`TRUNC_NORMAL_INIT` puts
+            truncated-normal (std 0.02) weights on every convolution instead.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
@@ -342,6 +344,10 @@ class ASMLP(BaseModule):
             'embed_dims': 128, 'depths': [2, 2, 18, 2], 'drop_path_rate': 0.5}),
     }
     num_stages = 4
+    #: An alternative to the released (PyTorch default) initialization, for ``init_cfg``:
+    #: truncated-normal std 0.02 weights and zero biases on the convolutions (about 3x
+    #: smaller than PyTorch's in stage 0).
+    TRUNC_NORMAL_INIT = dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)
     #: CPU inference runs the patch embedding and each stage on groups of images of about
     #: this many output tokens (pixels) at a time (see :meth:`forward`).
     chunk_tokens = CACHE_ROWS
@@ -367,12 +373,7 @@ class ASMLP(BaseModule):
                  with_cp: bool = False,
                  norm_cfg: dict = dict(type='GN', num_groups=1),
                  act_cfg: dict = dict(type='GELU'),
-                 init_cfg: Optional[Union[dict, List[dict]]] = [
-                     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02,
-                          bias=0.),
-                     dict(type='Constant', layer=['GroupNorm', 'LayerNorm', '_BatchNorm'],
-                          val=1., bias=0.),
-                 ]):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
         embed_dims = self.arch_settings['embed_dims']
