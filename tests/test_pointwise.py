@@ -140,11 +140,13 @@ def test_pointwise_conv_in_inference_is_one_oneDNN_product(bias, monkeypatch):
             half = pointwise_conv(conv, x)
             assert half.dtype == torch.bfloat16
             torch.testing.assert_close(half, conv(x), rtol=2e-2, atol=2e-2)
+        # bf16 through oneDNN only where this CPU's oneDNN has it (AVX-512), else plain
+        bf16_calls = ['none'] if pointwise.onednn_runs(torch.bfloat16) else []
         with no_fusion():
             torch.testing.assert_close(pointwise_conv(conv, x), ref, rtol=1e-5, atol=1e-5)
-    assert calls == ['none', 'none']
+    assert calls == ['none'] + bf16_calls
     out = pointwise_conv(conv, x)  # a graph is recorded: plain autograd
-    assert len(calls) == 2 and out.grad_fn is not None
+    assert len(calls) == 1 + len(bf16_calls) and out.grad_fn is not None
     for got, want in zip(grads(out, [x, conv.weight]), grads(conv(x), [x, conv.weight])):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -172,8 +174,12 @@ def test_packed_weights_are_packed_once_per_block(monkeypatch):
                 pointwise_conv(fc2, conv_gelu(fc1, act, x))
             assert len(packs) == 2
             with torch.autocast('cpu', dtype=torch.bfloat16):  # another dtype: packed anew
-                half = conv_gelu(fc1, act, x)
-            assert half.dtype == torch.bfloat16 and packs[-1][:2] == ((32, 8), torch.bfloat16)
+                half = conv_gelu(fc1, act, x)  # where this CPU's oneDNN packs bf16 at all
+            if pointwise.onednn_runs(torch.bfloat16, packed=True):
+                assert packs[-1][:2] == ((32, 8), torch.bfloat16)
+            else:
+                packs.append('bf16 not packed')
+            assert half.dtype == torch.bfloat16 and len(packs) == 3
             torch.testing.assert_close(half.float(), act(fc1(x)), rtol=2e-2, atol=2e-2)
             with pointwise.packed_weights(enabled=False):
                 conv_gelu(fc1, act, x)
@@ -332,3 +338,46 @@ def test_fused_backward_is_not_differentiable_and_says_so(fused):
     with pytest.raises(RuntimeError, match=r'fused .* not differentiable.*no_fusion\(\)'):
         torch.autograd.grad(got[0].square().sum(), params)
     torch.autograd.grad(want[0].square().sum(), params)  # the way out
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('packed', [False, True])
+def test_onednn_probe_answers_what_the_op_does_on_a_layer(dtype, packed):
+    """The one-time tiny product says whether oneDNN runs a product of a real layer's size
+    in that dtype (without AVX-512, or under ONEDNN_MAX_CPU_ISA=AVX2, bf16 fails)."""
+    if pointwise.LINEAR_POINTWISE is None:
+        pytest.skip('this PyTorch build has no oneDNN')
+    rows, weight = torch.randn(3136, 96, dtype=dtype), torch.randn(384, 96, dtype=dtype)
+    try:
+        if packed:
+            weight = pointwise.REORDER_WEIGHT(weight, rows.shape[0])
+        out = pointwise.LINEAR_POINTWISE(rows, weight, None, 'none', [], '')
+        runs = out.shape == (3136, 384)
+    except RuntimeError:
+        runs = False
+    assert pointwise.onednn_runs(dtype, packed) == runs
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_plain_path_where_onednn_cannot(dtype, monkeypatch):
+    """Where the probe says no, inference takes the plain path (no oneDNN call), with the
+    plain modules' results."""
+    monkeypatch.setattr(pointwise, 'onednn_runs', lambda dtype, packed=False: False)
+    calls = []
+    monkeypatch.setattr(pointwise, 'LINEAR_POINTWISE', lambda *a: calls.append(a))
+    monkeypatch.setattr(pointwise, 'REORDER_WEIGHT', lambda *a: calls.append(a))
+    fc1, fc2 = convs((8, 32), (32, 8))
+    act = nn.GELU()
+    x = channels_last_input(2, 8, 6, 5)
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+        ref = fc2(act(fc1(x)))
+        with pointwise.packed_weights():
+            outs = [channel_mlp(fc1, act, fc2, x, rows=7), conv_gelu(fc1, act, x),
+                    pointwise_conv(fc1, x)]
+    assert not calls
+    assert outs[0].dtype == ref.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: conv and linear kernels differ
+    torch.testing.assert_close(outs[0], ref, rtol=tol, atol=tol)
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+        torch.testing.assert_close(outs[1], act(fc1(x)), rtol=tol, atol=tol)
+        torch.testing.assert_close(outs[2], fc1(x), rtol=tol, atol=tol)

@@ -152,6 +152,28 @@ REORDER_WEIGHT = (_oneDNN_op('_reorder_linear_weight') if LINEAR_POINTWISE is no
 _PACKED = threading.local()
 
 
+@functools.lru_cache(maxsize=None)
+def onednn_runs(dtype: torch.dtype, packed: bool = False) -> bool:
+    """Whether this CPU's oneDNN runs the products above in ``dtype`` (with ``packed``,
+    on a weight packed by :data:`REORDER_WEIGHT`), asked once per process by one tiny
+    product. PyTorch's own flag checks read the CPU's flags, but what oneDNN does also
+    depends on its ISA limit (``ONEDNN_MAX_CPU_ISA``): e.g. without AVX-512 it has no
+    bfloat16 inner product. Where it cannot, the plain PyTorch path runs."""
+    # the ops themselves, not the module's names for them (which tests may wrap)
+    linear, reorder = _oneDNN_op('_linear_pointwise'), _oneDNN_op('_reorder_linear_weight')
+    if linear is None or (packed and reorder is None):
+        return False
+    x, weight = torch.ones(2, 8, dtype=dtype), torch.ones(8, 8, dtype=dtype)
+    try:
+        with torch.autocast('cpu', enabled=False):
+            if packed:
+                weight = reorder(weight, 2)
+            out = linear(x, weight, torch.zeros(8, dtype=dtype), 'gelu', [], 'none')
+    except RuntimeError:
+        return False
+    return torch.allclose(out.float(), torch.full((2, 8), 8.))  # gelu(8) = 8
+
+
 @contextmanager
 def packed_weights(enabled: bool = True):
     """Within this block, the oneDNN products of CPU inference pack each weight into
@@ -221,7 +243,7 @@ def _inference_operands(conv: nn.Conv2d, dtype: torch.dtype, rows: int):
     """:func:`_operands`, the weight packed once per :func:`packed_weights` block."""
     stack = getattr(_PACKED, 'stack', None)
     cache = stack[-1] if stack else None
-    if cache is None:
+    if cache is None or not onednn_runs(dtype, packed=True):
         return _operands(conv, dtype)
     key = (id(conv), dtype)
     entry = cache.get(key)
@@ -252,8 +274,9 @@ def _gelu_algorithm(act: nn.GELU) -> str:
 
 
 def _inference(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
-    """Whether oneDNN's product runs: no graph is recorded and oneDNN is there."""
-    return LINEAR_POINTWISE is not None and not _records_grad(x, *convs)
+    """Whether oneDNN's product runs: no graph is recorded and this CPU's oneDNN runs it
+    in the dtype of the convolution."""
+    return not _records_grad(x, *convs) and onednn_runs(compute_dtype(x, convs[0]))
 
 
 def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
