@@ -2,6 +2,7 @@
 import os
 import os.path as osp
 import re
+import subprocess
 import sys
 
 import pytest
@@ -122,6 +123,31 @@ def test_make_demo_runs_detection_and_segmentation_by_default(monkeypatch, tmp_p
     assert 'unknown task' in capsys.readouterr().err
 
 
+def test_demo_shows_a_line_per_run_and_logs_the_rest(tmp_path, capsys):
+    """Each train/test run of tools/demo.py writes its output to a log in the work dir and
+    shows one status line; a failed run shows the end of its log."""
+    assert demo.progress_text('det/train', '12/07 10:00:00 - mmengine - INFO - Iter(train) '
+                              '[ 50/200]  base_lr: 1e-04  eta: 0:00:07  time: 0.05') == (
+        'det/train [######..................] train 50/200 eta 0:00:07')
+    assert demo.progress_text('cls/train', 'Epoch(train)  [3][10/75]  lr: 1e-3  eta: 0:01:02'
+                              ).endswith('] epoch 3 train 10/75 eta 0:01:02')
+    assert demo.progress_text('seg/test_init', 'Epoch(test) [20/20]    eta: 0:00:00'
+                              ).startswith('seg/test_init [########################] test')
+    assert demo.progress_text('det/train', 'Saving checkpoint at 200 iterations') is None
+    log = tmp_path / 'det' / 'train.log'
+    demo.run('-c', 'print("Iter(train) [ 1/2]  eta: 0:00:01"); print("lots of output")',
+             log=str(log))
+    out = capsys.readouterr().out
+    assert re.fullmatch(r'det/train: done in \d+ s\n', out)
+    assert 'lots of output' in log.read_text() and 'Iter(train)' in log.read_text()
+    with pytest.raises(subprocess.CalledProcessError):
+        demo.run('-c', 'print("the cause"); raise SystemExit(3)',
+                 log=str(tmp_path / 'det' / 'test_init.log'))
+    out = capsys.readouterr().out
+    assert 'det/test_init: failed (exit 3)' in out and 'the cause' in out
+    assert str(tmp_path / 'det' / 'test_init.log') in out
+
+
 def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
     """The train and test runs work in the repository, and tools/demo.py read their
     outputs relative to the folder it was started in: from elsewhere it failed after
@@ -130,8 +156,9 @@ def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
     import json
     ran = []
 
-    def run(script, *args):
+    def run(script, *args, log=None):
         ran.append(script)
+        assert log.startswith(str(elsewhere / 'w' / 'cls'))  # the logs go to the work dir
         args = list(args)
         if script == 'tools/train.py':  # mmengine writes work_dir/last_checkpoint
             work = osp.join(ROOT, args[args.index('--work-dir') + 1])

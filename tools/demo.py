@@ -24,8 +24,11 @@ import argparse
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
+import time
+from typing import Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
@@ -53,17 +56,66 @@ TO_PERCENT = {'det': 100.0, 'seg': 1.0, 'cls': 1.0}
 DEFAULT_THREADS = '1'
 
 
-def run(*args):
+#: mmengine's progress lines: "Iter(train) [ 50/200]  ... eta: 0:00:07" (iteration-based
+#: training), "Epoch(train)  [3][10/75]  ... eta: ..." and "Epoch(test) [10/20]  eta: ..."
+PROGRESS = re.compile(r'(?:Iter|Epoch)\((?P<mode>train|val|test)\)\s*(?:\[\s*(?P<epoch>\d+)\])?'
+                      r'\s*\[\s*(?P<done>\d+)/(?P<total>\d+)\](?:.*?eta: (?P<eta>[\d:]+))?')
+
+
+def progress_text(label: str, line: str) -> Optional[str]:
+    """One status line for a run from one of its log lines, or None where the line tells no
+    progress."""
+    match = PROGRESS.search(line)
+    if match is None:
+        return None
+    done, total = int(match['done']), int(match['total'])
+    filled = 24 * done // max(total, 1)
+    epoch = f'epoch {match["epoch"]} ' if match['epoch'] else ''
+    eta = f' eta {match["eta"]}' if match['eta'] else ''
+    return (f'{label} [{"#" * filled}{"." * (24 - filled)}] {epoch}{match["mode"]} '
+            f'{done}/{total}{eta}')
+
+
+def run(*args, log: Optional[str] = None):
+    """``python ARGS`` in the repository. With ``log``, the run's output goes to that file
+    and the terminal shows one status line for it (progress and ETA from mmengine's log
+    lines); a failed run prints the end of its log."""
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', DEFAULT_THREADS)
-    print(f'+ OMP_NUM_THREADS={env["OMP_NUM_THREADS"]}', *args, flush=True)
-    subprocess.run([PY, *args], cwd=ROOT, check=True, env=env)
+    command = ' '.join(['+', f'OMP_NUM_THREADS={env["OMP_NUM_THREADS"]}', *args])
+    if log is None:
+        print(command, flush=True)
+        subprocess.run([PY, *args], cwd=ROOT, check=True, env=env)
+        return
+    os.makedirs(osp.dirname(log), exist_ok=True)
+    label = f'{osp.basename(osp.dirname(log))}/{osp.splitext(osp.basename(log))[0]}'
+    live = sys.stdout.isatty()  # one line redrawn in a terminal, a line per run elsewhere
+    start, shown = time.time(), ''
+    with open(log, 'w') as f:
+        f.write(command + '\n')
+        with subprocess.Popen([PY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                f.write(line)
+                status = progress_text(label, line)
+                if live and status:
+                    shown = status
+                    print('\r' + status[:119].ljust(119), end='', flush=True)
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        print(('\n' if shown else '') + f'{label}: failed (exit {proc.returncode}) after '
+              f'{seconds:.0f} s; the end of its log, {log}:')
+        with open(log) as f:
+            print(''.join(f.readlines()[-30:]), end='')
+        raise subprocess.CalledProcessError(proc.returncode, [PY, *args])
+    done = f'{label}: done in {seconds:.0f} s'
+    print('\r' + done.ljust(119) if live else done, flush=True)
 
 
 def evaluate(config, checkpoint, work_dir, name, extra=()):
     metrics_file = osp.join(work_dir, f'metrics_{name}.json')
     run('tools/test.py', config, checkpoint, '--work-dir', work_dir,
-        '--dump-metrics', metrics_file, *extra)
+        '--dump-metrics', metrics_file, *extra, log=osp.join(work_dir, f'test_{name}.log'))
     with open(metrics_file) as f:
         return json.load(f)
 
@@ -72,8 +124,9 @@ def run_task(task, work_root):
     kind, data_root, config, keys, extra_tests = TASKS[task]
     work_dir = osp.join(work_root, task)
     if not make_demo_data.is_up_to_date(osp.join(ROOT, data_root), kind):
-        run('tools/make_demo_data.py', kind, data_root)
-    run('tools/train.py', config, '--work-dir', work_dir)
+        run('tools/make_demo_data.py', kind, data_root, log=osp.join(work_dir, 'data.log'))
+    run('tools/train.py', config, '--work-dir', work_dir,
+        log=osp.join(work_dir, 'train.log'))
     ckpt = osp.join(work_dir, 'last_checkpoint')
     with open(ckpt) as f:
         trained = f.read().strip()
@@ -134,6 +187,7 @@ def main():
             print(f'  {name:28s}' + ''.join(
                 f'{row.get(k, float("nan")):15.4f}' for k in keys))
         print(f'  drawn predictions: {work_dir}/**/predictions/')
+        print(f'  logs of the runs: {work_dir}/*.log (mmengine\'s own: {work_dir}/2*/)')
     print(f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", DEFAULT_THREADS)} '
           'for the train and test runs')
     print('=' * 72)
