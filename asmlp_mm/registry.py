@@ -2,8 +2,12 @@
 
 One class, three registries: mmpretrain (``default_scope='mmpretrain'``), mmdet
 (``'mmdet'``) and mmsegmentation (``'mmseg'``). A toolbox that is not installed is skipped.
+The classifiers of the model zoo also join mmpretrain's model hub, so that its
+``list_models``, ``get_model`` and ``inference_model`` know them by their config names.
 """
 import importlib
+import os.path as osp
+from typing import List, Optional
 
 from .models import ASMLP
 
@@ -26,3 +30,38 @@ def register_all():
 
 
 REGISTERED_SCOPES = register_all()
+
+
+def mim_root() -> Optional[str]:
+    """The folder of the model index and the configs: the package's ``.mim`` folder in an
+    installed wheel, the repository in an editable install; None if neither has them."""
+    package = osp.dirname(osp.abspath(__file__))
+    for root in (osp.join(package, '.mim'), osp.dirname(package)):
+        if osp.isfile(osp.join(root, 'model-index.yml')):
+            return root
+    return None
+
+
+#: the metafile of the classifiers, under :func:`mim_root` (the detectors and segmentors
+#: are mmdet's and mmseg's models, not mmpretrain's)
+CLASSIFIER_METAFILE = osp.join('configs', 'asmlp', 'metafile.yml')
+
+
+def register_model_hub() -> List[str]:
+    """Add the AS-MLP classifiers to mmpretrain's ``ModelHub``; return their names (none
+    where mmpretrain or the metafile is missing, or when they are there already)."""
+    root = mim_root()
+    try:
+        from mmpretrain.apis import ModelHub
+    except ImportError:
+        return []
+    if root is None:
+        return []
+    from modelindex.load_model_index import load
+    names = [m.name.lower() for m in load(osp.join(root, CLASSIFIER_METAFILE)).models]
+    if not any(ModelHub.has(name) for name in names):
+        ModelHub.register_model_index(osp.join(root, CLASSIFIER_METAFILE), config_prefix=root)
+    return names
+
+
+MODEL_HUB_NAMES = register_model_hub()

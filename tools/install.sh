@@ -57,6 +57,10 @@ log "torch"
 log "OpenMMLab stack"
 "${PIP[@]}" install -q -r requirements.txt
 
+# 3b. mim (`mim search asmlp-mm`, `mim train asmlp-mm CONFIG`), without its dataset
+#     download client: see requirements.txt
+"${PIP[@]}" install -q --no-deps openmim==0.3.9
+
 # 4. mmcv 2.1.0 from its sdist. There are no mmcv 2.x wheels on PyPI. Its setup.py pins
 #    -std=c++17 while torch 2.14's headers need C++20, so the sdist is patched before the
 #    build; --no-build-isolation lets the build see torch (otherwise it silently builds
