@@ -3,7 +3,15 @@
 ``model-index.yml`` at the repository root imports one ``metafile.yml`` per config folder
 in the OpenMMLab format. Each model entry names its config and carries the paper's results,
 ``Parameters`` and ``FLOPs`` (multiply-accumulates) and ``FLOPs Input Shape`` (H, W), the
-input size the paper's FLOPs were counted at.
+input size the paper's FLOPs were counted at; classifiers also the paper's ``Throughput
+(img/s)``.
+
+Where the authors published the checkpoint, ``Converted From`` says where it comes from, as
+mmpretrain's metafiles do for converted checkpoints: ``Weights`` (the page the authors'
+README links to), ``Code`` (their repository), ``File`` (the file's name, where their code
+names it) and ``Command`` (the conversion into this project's layout). As in mmpretrain, an
+entry's ``Weights`` is a checkpoint of this project that its ``Results`` were measured
+with; an entry without it has the paper's results.
 """
 import os.path as osp
 from dataclasses import dataclass, field
@@ -13,6 +21,8 @@ import yaml
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODEL_INDEX = 'model-index.yml'
+#: the fields every ``Converted From`` entry has (``File`` only where the authors name it)
+CONVERTED_FROM_FIELDS = ('Weights', 'Code', 'Command')
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,10 @@ class PaperModel:
         flops_shape (tuple, optional): (H, W) of the input the paper's FLOPs refer to.
         results (list[dict]): ``{'Task', 'Dataset', 'Metrics'}`` entries.
         metadata (dict): The entry's whole ``Metadata`` mapping.
+        weights (str, optional): A checkpoint of this project the results were measured
+            with; ``None``: the results are the paper's.
+        converted_from (dict, optional): The authors' published checkpoint: ``Weights``
+            (its download page), ``Code``, ``Command`` and, where known, ``File``.
     """
     name: str
     config: str
@@ -37,11 +51,23 @@ class PaperModel:
     flops_shape: Optional[Tuple[int, int]]
     results: List[dict] = field(default_factory=list)
     metadata: Dict = field(default_factory=dict)
+    weights: Optional[str] = None
+    converted_from: Optional[Dict[str, str]] = None
 
     @property
     def task(self) -> str:
         """The first result's task, e.g. 'Image Classification' or 'Object Detection'."""
         return self.results[0]['Task'] if self.results else ''
+
+    @property
+    def reproduced(self) -> bool:
+        """Whether the results were measured here (from :attr:`weights`), not the paper's."""
+        return self.weights is not None
+
+    @property
+    def throughput(self) -> Optional[float]:
+        """The paper's inference throughput in images/s (classifiers), or ``None``."""
+        return self.metadata.get('Throughput (img/s)')
 
     def config_path(self, root: str = REPO_ROOT) -> str:
         return osp.join(root, self.config)
@@ -74,11 +100,21 @@ def _parse_model(entry: dict, metafile: str) -> PaperModel:
     results = entry.get('Results', [])
     if isinstance(results, dict):  # a single result may be written without a list
         results = [results]
+    converted = entry.get('Converted From')
+    if converted is not None:
+        missing = [k for k in CONVERTED_FROM_FIELDS if not isinstance(converted, dict)
+                   or not isinstance(converted.get(k), str) or not converted[k]]
+        if missing:
+            raise ValueError(f'{metafile}: "Converted From" of {entry["Name"]} needs the '
+                             f'fields {CONVERTED_FROM_FIELDS} (text); missing or empty: '
+                             f'{missing}')
+        converted = dict(converted)
     return PaperModel(
         name=entry['Name'], config=entry['Config'], collection=entry['In Collection'],
         params=meta.get('Parameters'), flops=meta.get('FLOPs'),
         flops_shape=tuple(shape) if shape is not None else None,
-        results=list(results), metadata=dict(meta))
+        results=list(results), metadata=dict(meta), weights=entry.get('Weights'),
+        converted_from=converted)
 
 
 def metafile_paths(root: str = REPO_ROOT) -> List[str]:

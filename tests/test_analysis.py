@@ -3,6 +3,7 @@ import glob
 import importlib.util
 import os.path as osp
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -31,6 +32,26 @@ def load_tool(name):
 get_flops = load_tool('get_flops')
 erf_tool = load_tool('receptive_field')
 zoo_table = load_tool('model_zoo_table')
+_spec = importlib.util.spec_from_file_location(
+    'asmlp_to_mm', osp.join(ROOT, 'tools', 'model_converters', 'asmlp_to_mm.py'))
+converter = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(converter)
+
+# The checkpoints the authors' READMEs publish (their "model" columns): the OneDrive share
+# of each, and the authors' repository
+PUBLISHED = {
+    'asmlp-tiny_8xb128_in1k': 'Eb2lPJI2BshEjJxf9CmRkCUBnB63Wj25-FVVc6zJvgRg6w',
+    'asmlp-small_8xb128_in1k': 'EVIbw8xHKk1Aq9MBQL-cRbIBVJA_hJE-HEVNf_GVgkw2iQ',
+    'asmlp-base_8xb128_in1k': 'EZVBFW_LKctLqgrnnINy88wBRtGFava9wp_65emsvVW2KQ',
+    'mask-rcnn_asmlp-tiny_fpn_ms-crop-1x_coco': 'EXh5rSXMKcNMlNNEnI7phmYBmw7aZ0PSDhFO-ZmHZ_Rr8A',
+    'cascade-mask-rcnn_asmlp-tiny_fpn_ms-crop-1x_coco':
+        'ERBgXv6TN2BMmRXDSQqkWwUBHJUQZiCwIhxl-1cZKd0iWg',
+    'upernet_asmlp-base_8xb2-160k_ade20k-512x512': 'Eee6yxLZ27hAkk3yVAD6UtsB189avw7EFHN0cy59L9LOeA',
+}
+AUTHORS_CODE = {'Image Classification': 'https://github.com/svip-lab/AS-MLP',
+                'Object Detection': 'https://github.com/svip-lab/AS-MLP-Object-Detection',
+                'Semantic Segmentation':
+                    'https://github.com/svip-lab/AS-MLP-Semantic-Segmentation'}
 
 
 # ----------------------------------------------------------------------- metafiles
@@ -59,11 +80,79 @@ def test_every_zoo_config_has_a_metafile_entry():
 def test_find_model_and_zoo_table():
     tiny = paper.find_model(CLS_TINY)
     assert tiny.metrics() == {'Top 1 Accuracy': 81.3}
+    assert tiny.throughput == 1047 and not tiny.reproduced
     assert paper.find_model('configs/demo/asmlp-demo_1xb8_shapes-cls.py') is None
     table = zoo_table.zoo_markdown()
     rows = [line for line in table.splitlines() if line.startswith('| [')]
     assert len(rows) == len(paper.load_models())
-    assert '| 44.0 | 40.0 | 48M | 260G | 800x1280 |' in table
+    assert ('| 44.0 | 40.0 | 48M | 260G | 800x1280 | paper | [OneDrive](https://shanghaitech'
+            in table)
+    assert '| 46.0 | 41.5 | 48M | 260G | 800x1280 | paper | none published |' in table
+    # the six published checkpoints, each with its conversion command under its table
+    assert table.count('| [OneDrive](') == 6 and table.count('`python tools/model_') == 6
+    assert '(none has been reproduced here yet)' in table
+
+
+def test_the_authors_checkpoints_have_their_page_and_conversion_command():
+    """Each published checkpoint: the page the authors' README links to, their repository,
+    and a command that the converter takes, writing checkpoints/NAME.pth (detectors and
+    segmentors checked against their config)."""
+    models = {m.name: m for m in paper.load_models()}
+    assert {name for name, m in models.items() if m.converted_from} == set(PUBLISHED)
+    for name, share in PUBLISHED.items():
+        model = models[name]
+        source = model.converted_from
+        assert re.fullmatch(r'https://shanghaitecheducn-my\.sharepoint\.com/:u:/g/personal/'
+                            rf'liandz_shanghaitech_edu_cn/{share}\?e=\w+', source['Weights'])
+        assert source['Code'] == AUTHORS_CODE[model.task]
+        argv = shlex.split(source['Command'])
+        assert argv[:2] == ['python', 'tools/model_converters/asmlp_to_mm.py']
+        args = converter.parse_args(argv[2:])
+        assert args.src == source.get('File', 'SRC.pth')
+        assert args.dst == f'checkpoints/{name}.pth'
+        classifier = model.task == 'Image Classification'
+        assert args.config == (None if classifier else model.config)
+        assert args.task is None and not args.drop_unmapped  # inferred; every key mapped
+    # the only file name the authors' code gives (train_scripts/test.sh)
+    assert [m.converted_from.get('File') for m in models.values() if m.converted_from] == [
+        'asmlp_tiny_patch4_shift5_224.pth'] + [None] * 5
+
+
+def test_downstream_configs_start_from_the_converted_classifiers():
+    """The detection and segmentation configs (and the 384 fine-tuning) load their backbone
+    from where the classifier conversion commands write, for the same arch."""
+    from mmengine.config import Config
+    models = paper.load_models()
+    written = {shlex.split(m.converted_from['Command'])[3]: m for m in models
+               if m.converted_from and m.task == 'Image Classification'}
+    assert len(written) == 3
+    for model in models:
+        cfg = Config.fromfile(model.config_path())
+        if model.task == 'Image Classification':
+            start = cfg.get('load_from')
+            assert start is None or start in written, model.name
+            continue
+        backbone = cfg.model.backbone
+        start = backbone.init_cfg.checkpoint
+        assert start in written and f'asmlp-{backbone.arch}_' in start, model.name
+
+
+def test_a_reproduced_entry_is_marked_in_the_zoo_table(tmp_path):
+    """An entry with its own Weights has results measured here; the notes name it."""
+    (tmp_path / 'model-index.yml').write_text('Import:\n  - m.yml\n')
+    entry = ('  - Name: {name}\n    In Collection: C\n    Config: {name}.py\n{extra}'
+             '    Results:\n      - Task: Image Classification\n        Dataset: D\n'
+             '        Metrics:\n          Top 1 Accuracy: 80.0\n')
+    (tmp_path / 'm.yml').write_text(
+        'Collections:\n  - Name: C\nModels:\n'
+        + entry.format(name='paper-one', extra='')
+        + entry.format(name='ours', extra='    Weights: https://example.org/ours.pth\n'))
+    models = paper.load_models(str(tmp_path))
+    assert [m.reproduced for m in models] == [False, True]
+    table = zoo_table.zoo_markdown(str(tmp_path))
+    assert '| 80.0 | - | - | - | paper | none published |' in table
+    assert '| [reproduced here](https://example.org/ours.pth) | none published |' in table
+    assert '(reproduced here: ours)' in table and 'SRC.pth' not in table
 
 
 @pytest.mark.parametrize('section', ['', ' \n', '\nold table\n'])
@@ -86,6 +175,11 @@ def test_bad_metafile_is_reported(tmp_path):
     (tmp_path / 'model-index.yml').write_text('Import:\n  - m.yml\n')
     (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n')
     with pytest.raises(ValueError, match="'In Collection'"):
+        paper.load_models(str(tmp_path))
+    (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n'
+                                    '    In Collection: C\n    Converted From:\n'
+                                    '      Weights: https://example.org/x\n      Code: c\n')
+    with pytest.raises(ValueError, match=r'"Converted From" of x .*: \[\'Command\'\]'):
         paper.load_models(str(tmp_path))
     with pytest.raises(FileNotFoundError, match='model-index.yml'):
         paper.load_models(str(tmp_path / 'nowhere'))

@@ -1,8 +1,11 @@
 """Print the model zoo (the paper's figures in the metafiles) as Markdown tables.
 
-One table per collection, one row per model: its config, the paper's metrics, parameters
-and FLOPs (multiply-accumulates, at the input size given). The README's model zoo is this
-output, so the figures live in one place (``model-index.yml`` and the metafiles).
+One table per collection, one row per model: its config, its metrics, parameters and FLOPs
+(multiply-accumulates, at the input size given), whose numbers they are (the paper's, or
+reproduced here with a checkpoint of this project: an entry with ``Weights``) and the
+authors' published checkpoint, if any; under the table, the commands that convert those
+checkpoints. The README's model zoo is this output, so the figures live in one place
+(``model-index.yml`` and the metafiles).
 
 Example::
 
@@ -32,28 +35,64 @@ def _size(value, unit: float, suffix: str) -> str:
     return f'{value / unit:g}{suffix}' if value else '-'
 
 
+def _numbers(model: paper.PaperModel) -> str:
+    return f'[reproduced here]({model.weights})' if model.reproduced else 'paper'
+
+
+def _published(model: paper.PaperModel) -> str:
+    source = model.converted_from
+    return f'[OneDrive]({source["Weights"]})' if source else 'none published'
+
+
 def collection_table(models: List[paper.PaperModel]) -> str:
     """A Markdown table of the models of one collection."""
     metrics = _metric_names(models)
-    header = ['config', *metrics, 'params', 'FLOPs', 'FLOPs input (HxW)']
+    header = ['config', *metrics, 'params', 'FLOPs', 'FLOPs input (HxW)', 'numbers',
+              "authors' checkpoint"]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for model in models:
         values = model.metrics()
         shape = 'x'.join(str(v) for v in model.flops_shape) if model.flops_shape else '-'
         row = [f'[{model.name}]({model.config})',
                *[f'{values[m]:.1f}' if m in values else '-' for m in metrics],
-               _size(model.params, 1e6, 'M'), _size(model.flops, 1e9, 'G'), shape]
+               _size(model.params, 1e6, 'M'), _size(model.flops, 1e9, 'G'), shape,
+               _numbers(model), _published(model)]
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines)
 
 
+def conversion_commands(models: List[paper.PaperModel]) -> str:
+    """The commands that convert the published checkpoints of ``models`` ('' if none)."""
+    lines = []
+    for model in models:
+        source = model.converted_from
+        if source:
+            named = f' (`{source["File"]}`)' if 'File' in source else ''
+            lines.append(f'- {model.name}{named}: `{source["Command"]}`')
+    return '\n'.join(lines)
+
+
 def zoo_markdown(root: str = paper.REPO_ROOT) -> str:
-    """All collections, each under a heading."""
+    """All collections, each under a heading, then what the columns mean."""
+    models = paper.load_models(root)
     groups = OrderedDict()
-    for model in paper.load_models(root):
+    for model in models:
         groups.setdefault(model.collection, []).append(model)
-    parts = [f'### {name}\n\n{collection_table(models)}' for name, models in groups.items()]
-    return '\n\n'.join(parts) + '\n\nFLOPs are multiply-accumulates.\n'
+    parts = []
+    for name, members in groups.items():
+        commands = conversion_commands(members)
+        commands = f'\n\nConverting the published checkpoints:\n\n{commands}' if commands else ''
+        parts.append(f'### {name}\n\n{collection_table(members)}{commands}')
+    reproduced = [m.name for m in models if m.reproduced]
+    status = (f'reproduced here: {", ".join(reproduced)}' if reproduced else
+              'none has been reproduced here yet')
+    notes = (f'FLOPs are multiply-accumulates. "numbers": whose the row\'s metrics, '
+             f'parameters and FLOPs are, the paper\'s or reproduced here with a checkpoint '
+             f'of this project ({status}).')
+    if any(m.converted_from for m in models):
+        notes += (' In a conversion command, SRC.pth stands for the file as downloaded '
+                  'where the authors\' code names none.')
+    return '\n\n'.join(parts) + f'\n\n{notes}\n'
 
 
 README_BEGIN, README_END = '<!-- zoo-table -->', '<!-- /zoo-table -->'
