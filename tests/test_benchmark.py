@@ -16,6 +16,7 @@ import benchmark  # noqa: E402
 from asmlp_mm.engine import memory  # noqa: E402
 
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
+CLS_TINY = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 
 
 def recorder(calls, name):
@@ -204,3 +205,54 @@ def test_keep_memory_is_applied_and_named_in_the_machine_line(tmp_path):
         with open(out) as f:
             machine = json.load(f)['machine']
         assert machine.get('keep_freed_memory', False) is named
+
+
+def test_paper_protocol_times_eval_passes_with_autograd_on():
+    """As svip-lab/AS-MLP's throughput(): warm-up and timed passes in eval mode, without
+    torch.no_grad, under the given autocast."""
+    import torch
+    seen = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            seen.append((self.training, torch.is_grad_enabled(), out.dtype))
+            return out
+
+    cpu = torch.device('cpu')
+    img_s = benchmark.paper_protocol_throughput(
+        Probe(4, 3).train(), torch.ones(5, 4), 3, 2, cpu, lambda: benchmark.autocast(cpu, True))
+    assert seen == [(False, True, torch.bfloat16)] * 5 and img_s > 0
+
+
+def test_paper_protocol_defaults_and_what_it_refuses(capsys):
+    protocol = benchmark.parse_args([CLS_TINY, '--paper-protocol'])
+    assert (protocol.batch, protocol.shape, protocol.warmup, protocol.repeats) == (
+        64, [224], 50, 30)
+    assert benchmark.protocol_deviations(protocol) == ['cpu (fp32, not fp16 on a GPU)']
+    plain = benchmark.parse_args([CLS_TINY])
+    assert (plain.batch, plain.warmup, plain.repeats) == (32, 2, 5)
+    for wrong in (['--part', 'backbone'], ['--mode', 'train'], ['--profile', '3']):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args([CLS_TINY, '--paper-protocol', *wrong])
+        assert f'it does not take {wrong[0]}' in capsys.readouterr().err
+
+
+def test_paper_protocol_puts_the_papers_figure_beside_ours(monkeypatch, capsys):
+    """The AS-MLP-T config's run (its model swapped for the demo's tiny one) reports the
+    paper's 1047 img/s from the model zoo, and what differs from the paper's protocol."""
+    build = benchmark.build_from_config
+    monkeypatch.setattr(benchmark, 'build_from_config',
+                        lambda config, *args: build(CLS_DEMO, *args))
+    result = benchmark.main([CLS_TINY, '--paper-protocol', '--amp', '--batch', '2',
+                             '--shape', '32', '--warmup', '1', '--repeats', '2'])
+    assert result['img_s'] > 0 and result['paper_img_s'] == 1047
+    assert result['precision'] == 'bf16 autocast' and result['autograd']
+    assert result['deviations'] == ['batch 2', 'shape 32x32', 'warmup 1', 'repeats 2',
+                                    'cpu (bf16 autocast, not fp16 on a GPU)']
+    out = capsys.readouterr().out
+    assert 'paper: 1047 img/s' in out and "not the paper's protocol: batch 2" in out
+    demo = benchmark.main([CLS_DEMO, '--paper-protocol', '--batch', '1', '--shape', '32',
+                           '--warmup', '0', '--repeats', '1'])
+    assert demo['paper_img_s'] is None and demo['precision'] == 'fp32'
+    assert 'no paper throughput for this config' in capsys.readouterr().out

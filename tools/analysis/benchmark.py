@@ -12,6 +12,15 @@ forward; ``--part backbone``: the backbone alone) on random inputs, inference an
 step (forward, backward, SGD step), warms up, then reports the median of ``--repeats`` timed
 runs; ``--profile N`` adds the N operators with the most self time in one more run of each.
 
+The authors' throughput measure (the paper's 1047 / 619 / 455 img/s of AS-MLP-T / S / B)::
+
+    python tools/analysis/benchmark.py configs/asmlp/asmlp-tiny_8xb128_in1k.py \
+        --paper-protocol --device cuda
+
+runs it as ``throughput()`` of svip-lab/AS-MLP's ``main.py`` does (see
+:data:`PAPER_PROTOCOL`) and prints the paper's figure of the config (from the model zoo
+metafiles) beside ours.
+
 Side by side, in one process (``--compare``)::
 
     python tools/analysis/benchmark.py --compare                        # batch 32, 224
@@ -60,6 +69,14 @@ TINY_CONFIG = osp.join(ROOT, 'configs/asmlp/asmlp-tiny_8xb128_in1k.py')
 # (channels, size) of AS-MLP-T's stage 1 and stage 3 at 224x224
 SHIFT_SHAPES = {'stage1': (96, 56), 'stage3': (384, 14)}
 SECTIONS = ('shift', 'models', 'variants', 'compile')
+#: The authors' throughput measure (svip-lab/AS-MLP: train_scripts/get_throughput.sh and
+#: throughput() in main.py): the classifier in eval mode with autograd left on (no
+#: ``torch.no_grad``), one batch of 64 images at 224x224 on one GPU, 50 untimed forward
+#: passes, then 30 passes timed together between two CUDA synchronizations, under apex amp
+#: O1 (main.py's default ``--amp-opt-level``: fp16 autocast), with ``cudnn.benchmark`` on.
+PAPER_PROTOCOL = dict(batch=64, shape=(224, 224), warmup=50, repeats=30)
+#: one-config defaults without the protocol
+DEFAULTS = dict(batch=32, warmup=2, repeats=5)
 
 
 # ---------------------------------------------------------------- timing and memory
@@ -149,6 +166,25 @@ def autocast(device: torch.device, amp: bool):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if device.type == 'cpu' else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def paper_protocol_throughput(model: nn.Module, inputs: torch.Tensor, warmup: int,
+                              repeats: int, device: torch.device,
+                              context: Callable = contextlib.nullcontext) -> float:
+    """Images/s as :data:`PAPER_PROTOCOL` measures them: ``warmup`` forward passes, then
+    ``repeats`` passes timed together, in eval mode with autograd on, inside ``context()``
+    (autocast)."""
+    model.eval()
+    with context():
+        for _ in range(warmup):
+            model(inputs)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(inputs)
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    return repeats * inputs.shape[0] / elapsed
 
 
 def loss_of(out, labels: torch.Tensor) -> torch.Tensor:
@@ -587,6 +623,64 @@ def run_config(args) -> dict:
     return result
 
 
+def protocol_deviations(args) -> List[str]:
+    """What a ``--paper-protocol`` run does differently from :data:`PAPER_PROTOCOL`."""
+    shape = (args.shape[0], args.shape[-1])
+    given = dict(batch=args.batch, shape=shape, warmup=args.warmup, repeats=args.repeats)
+    out = [f'{name} {value if name != "shape" else "x".join(map(str, value))}'
+           for name, value in given.items() if value != PAPER_PROTOCOL[name]]
+    device = torch.device(args.device)
+    if device.type != 'cuda':
+        out.append(f'{device.type} ({"bf16 autocast" if args.amp else "fp32"}, not fp16 '
+                   'on a GPU)')
+    out += [flag for flag, on in (('channels-last', args.channels_last),
+                                  ('torch.compile', args.compile),
+                                  ('--cfg-options', args.cfg_options)) if on]
+    return out
+
+
+def run_paper_protocol(args) -> dict:
+    """Throughput of one config as the authors measured theirs, beside the paper's."""
+    from asmlp_mm import paper
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as main.py sets it
+    shape = (args.shape[0], args.shape[-1])
+    model = build_from_config(args.config, 'model', args.batch, shape, args.cfg_options)
+    only = getattr(model, 'cpu_autocast_only', None)
+    only = (model, only) if only else None
+    model = prepare(model, device, args.channels_last, args.compile)
+    x = make_inputs(args.batch, shape, device, args.channels_last)
+    # fp16 autocast on CUDA always (apex O1); on CPU fp32 unless --amp (bf16)
+    amp = device.type == 'cuda' or args.amp
+    precision = ('fp16 autocast' if device.type == 'cuda' else
+                 'bf16 autocast' if amp else 'fp32')
+    runner = Runner(model, x, amp, cpu_autocast_only=only)  # for its autocast only
+    img_s = paper_protocol_throughput(model, x, args.warmup, args.repeats, device,
+                                      runner.autocast)
+    entry = paper.find_model(args.config)
+    paper_img_s = entry.throughput if entry is not None else None
+    deviations = protocol_deviations(args)
+    result = dict(machine=machine_info(device), config=args.config, protocol='paper',
+                  batch=args.batch, shape=list(shape), warmup=args.warmup,
+                  repeats=args.repeats, precision=precision, autograd=True,
+                  channels_last=args.channels_last, compile=args.compile, img_s=img_s,
+                  paper_img_s=paper_img_s, deviations=deviations)
+    print(json.dumps(result['machine']))
+    print(f'\nThe paper\'s protocol (svip-lab/AS-MLP main.py throughput()): batch '
+          f'{args.batch}, {shape[0]}x{shape[1]}, {args.warmup} warm-up + {args.repeats} timed '
+          f'forward passes, eval mode with autograd on, {precision} on {device}')
+    print(f'{args.config}: {img_s:.1f} img/s')
+    if paper_img_s is None:
+        print('the model zoo has no paper throughput for this config')
+    else:
+        here = result['machine'].get('gpu', result['machine']['cpu'])
+        print(f'paper: {paper_img_s:g} img/s (on the authors\' GPU; ours on {here})')
+    if deviations:
+        print(f'not the paper\'s protocol: {", ".join(deviations)}')
+    return result
+
+
 def parse_args(argv=None):
     from mmengine.config import DictAction
     from asmlp_mm.analysis import output_file_problem
@@ -594,17 +688,26 @@ def parse_args(argv=None):
     parser.add_argument('config', nargs='?', help='config file (not needed with --compare)')
     parser.add_argument('--compare', action='store_true',
                         help='AS-MLP-T vs the published way vs Swin-T, side by side')
+    parser.add_argument('--paper-protocol', action='store_true',
+                        help="the authors' throughput measure (svip-lab/AS-MLP main.py): "
+                        'inference only, batch 64, 224x224, 50 warm-up and 30 timed '
+                        'forward passes in eval mode with autograd on, fp16 autocast on '
+                        'CUDA (on CPU fp32, or bf16 with --amp); prints the paper\'s '
+                        'figure of the config beside ours')
     parser.add_argument('--sections', nargs='+', choices=SECTIONS,
                         default=['shift', 'models', 'variants'],
                         help='parts of --compare to run (compile is opt in)')
     parser.add_argument('--part', choices=['model', 'backbone'], default='model')
     parser.add_argument('--mode', choices=['infer', 'train', 'both'], default='both')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--batch', type=int,
+                        help='default: 32, or 64 with --paper-protocol')
     parser.add_argument('--shape', type=int, nargs='+', default=[224], metavar=('H', 'W'),
                         help='input size: H W, or one value for a square')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int,
+                        help='untimed runs; default: 2, or 50 with --paper-protocol')
+    parser.add_argument('--repeats', type=int,
+                        help='timed runs; default: 5, or 30 with --paper-protocol')
     parser.add_argument('--amp', action='store_true',
                         help='autocast: bf16 on CPU, fp16 (with a grad scaler) on CUDA')
     parser.add_argument('--channels-last', action='store_true')
@@ -626,6 +729,14 @@ def parse_args(argv=None):
         parser.error(f'--profile takes a number of operators >= 0, got {args.profile}')
     if args.profile and args.compare:
         parser.error('--profile profiles one config; it does not combine with --compare')
+    if args.paper_protocol:
+        measured = [flag for flag, other in (
+            ('--compare', args.compare), ('--part', args.part != 'model'),
+            ('--mode', args.mode != parser.get_default('mode')), ('--profile', args.profile))
+            if other]
+        if measured:
+            parser.error(f'--paper-protocol measures the inference of the whole model of one '
+                         f'config; it does not take {", ".join(measured)}')
     one_config = ('mode', 'part', 'shape', 'warmup', 'amp', 'channels_last', 'compile',
                   'cfg_options')
     given = [f'--{name.replace("_", "-")}' for name in one_config
@@ -643,6 +754,10 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f'--{name} must be >= {least}, got {value}')
+    defaults = PAPER_PROTOCOL if args.paper_protocol else DEFAULTS
+    for name in DEFAULTS:
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -668,7 +783,12 @@ def main(argv=None) -> dict:
         keep_freed_memory()
     if args.out:  # its folder now, not after the run
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    result = run_compare(args) if args.compare else run_config(args)
+    if args.compare:
+        result = run_compare(args)
+    elif args.paper_protocol:
+        result = run_paper_protocol(args)
+    else:
+        result = run_config(args)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1)
