@@ -6,23 +6,20 @@ Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and
 classes below; :class:`~asmlp_mm.models.ASMLP` applies :func:`guard_group_norms`. Each item
 says why it exists and when it can go.
 """
-import os
-import pickle
-import re
 import warnings
 from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.logging import HistoryBuffer
 from mmengine.model.wrappers import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checkpoint_io import (CheckpointError, CheckpointNotFoundError,  # noqa: F401
+                            load_local_checkpoint, load_url_checkpoint)
 from .ops.pointwise import is_channels_last, is_traced
 
 
@@ -70,130 +67,32 @@ def guard_group_norms(model: nn.Module) -> None:
                 module.register_forward_pre_hook(_group_norm_input_with_grad)
 
 
-class CheckpointError(RuntimeError):
-    """A file given as a checkpoint cannot be read as one."""
+def load_from_local(filename, map_location=None):
+    """mmengine's local-file checkpoint scheme: :func:`load_local_checkpoint` (mmengine
+    logs the scheme by the name of this function)."""
+    return load_local_checkpoint(filename, map_location)
 
 
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A checkpoint file that does not exist (tools/train.py and test.py end with its
-    message, as for any :class:`CheckpointError`)."""
-
-
-#: The ``getattr`` calls that mmengine's training checkpoints pickle: their top-level
-#: ``message_hub`` entry holds HistoryBuffer's statistics methods, pickled (protocol 2) as
-#: ``getattr(HistoryBuffer, 'min')``.
-HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
-
-
-def _checkpoint_getattr(obj, name):
-    """``getattr`` for the unpickler of :func:`load_local_checkpoint`: only the attributes
-    that mmengine's checkpoints fetch with it (:data:`HISTORY_BUFFER_STATISTICS` and other
-    registered statistics of :class:`HistoryBuffer`). A plain ``getattr`` would let a pickle
-    walk from an allowed class to any object, e.g. to ``eval`` through a method's
-    ``__globals__``."""
-    if (obj is HistoryBuffer and type(name) is str and not name.startswith('_')
-            and (name in HISTORY_BUFFER_STATISTICS
-                 or name in getattr(HistoryBuffer, '_statistics_methods', {}))):
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}): not an attribute '
-                                 f'that mmengine checkpoints pickle')
-
-
-def _checkpoint_safe_globals():
-    """Classes and functions that mmengine's own checkpoints pickle, besides tensors and
-    builtins, for ``torch.load(weights_only=True)``.
-
-    The checkpoint's ``message_hub`` entry stores :class:`HistoryBuffer` objects holding
-    numpy arrays and their statistics methods, and the runtime info holds numpy scalars.
-    They are allow-listed so that checkpoints are loaded with ``weights_only=True`` (no
-    arbitrary code runs while loading); ``getattr`` is allowed as :func:`_checkpoint_getattr`
-    only.
-    """
-    try:  # numpy >= 2 (also present as an alias in numpy 1.26)
-        from numpy._core import multiarray
-    except ImportError:
-        from numpy.core import multiarray
-    safe = [HistoryBuffer, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
-            (_checkpoint_getattr, 'builtins.getattr')]
-    # under the names that numpy 1 and numpy 2 pickle them with
-    for package in ('numpy.core', 'numpy._core'):
-        safe += [(multiarray._reconstruct, f'{package}.multiarray._reconstruct'),
-                 (multiarray.scalar, f'{package}.multiarray.scalar')]
-    safe += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8,
-                                         np.int16, np.int32, np.int64, np.uint8, np.bool_)]
-    return safe
-
-
-def load_local_checkpoint(filename, map_location=None):
-    """Replacement of mmengine's ``load_from_local`` for torch >= 2.6.
-
-    mmengine 0.10.7 calls ``torch.load(filename, map_location)``; torch 2.6 made
-    ``weights_only=True`` the default, which rejects the objects in mmengine's training
-    checkpoints, so ``--resume`` and ``load_from`` fail. This loader:
-
-    1. loads with ``weights_only=True``, with what mmengine's training checkpoints pickle
-       besides weights allow-listed (:func:`_checkpoint_safe_globals`: numpy arrays and
-       scalars, :class:`HistoryBuffer` and the ``getattr`` calls that fetch its statistics
-       methods, nothing else): no file is ever fully unpickled, so no code in it runs;
-    2. otherwise raises :class:`CheckpointError`, naming the objects the file pickles that
-       are not allowed (or the refused operation), and turns unreadable files into the same
-       clear error.
-
-    Remove when mmengine handles ``weights_only`` itself (mmengine > 0.10.7).
-    """
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise CheckpointNotFoundError(f'checkpoint {filename!r} does not exist')
-    with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            refused = err
-        except Exception as err:  # torch raises several types for broken files
-            raise _unreadable(filename, err) from err
-        try:
-            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-        except Exception as err:
-            raise _unreadable(filename, err) from err
-    if unknown:
-        raise CheckpointError(
-            f'{filename!r} pickles objects that are not weights nor mmengine training state: '
-            f'{sorted(unknown)}; refusing to unpickle them') from refused
-    raise CheckpointError(f'{filename!r} asks the unpickler for something that mmengine '
-                          f'training checkpoints do not need; refusing to load it: '
-                          f'{weights_only_refusal(refused)}') from refused
-
-
-def weights_only_refusal(err: BaseException) -> str:
-    """What torch's weights-only unpickler refused, in its first sentence ('Unsupported
-    global: GLOBAL argparse.Namespace was not an allowed global by default.', or
-    'Unsupported operand 110' for bytes that are no checkpoint), without the advice around
-    it that torch adds (to load with ``weights_only=False``) and its terminal colours; of
-    any other error, the first sentence of its first line."""
-    text = re.sub(r'\x1b\[[0-9;]*m', '', str(err))
-    marker = 'WeightsUnpickler error:'
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    return re.split(r'(?<=\.) (?=[A-Z])', lines[0], maxsplit=1)[0]
-
-
-def _unreadable(filename, err):
-    detail = weights_only_refusal(err) if str(err) else ''
-    return CheckpointError(f'cannot load {filename!r} as a PyTorch checkpoint: expected a file '
-                           f'written by torch.save (e.g. by tools/train.py). '
-                           f'{type(err).__name__}: {detail}')
+def load_from_http(filename, map_location=None):
+    """mmengine's http(s) checkpoint scheme: :func:`load_url_checkpoint`."""
+    return load_url_checkpoint(filename, map_location)
 
 
 def patch_checkpoint_loading():
-    """Route mmengine's local-file checkpoint scheme through :func:`load_local_checkpoint`.
+    """Route mmengine's loading of checkpoint files and URLs through
+    :func:`load_local_checkpoint`, which reads tensors and plain data and runs nothing.
 
-    This covers ``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')`` and
-    ``load_checkpoint``, which all go through ``CheckpointLoader``.
+    mmengine 0.10.7 reads local files with ``torch.load`` as torch's default has it, which
+    is ``weights_only=True`` since torch 2.6 and refuses mmengine's own training
+    checkpoints (``--resume`` and ``load_from`` fail); it reads downloads with
+    ``torch.hub.load_state_dict_from_url``, which unpickles anything. This covers
+    ``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')`` and
+    ``load_checkpoint``, which all go through ``CheckpointLoader``. Remove when mmengine
+    reads checkpoints safely itself (mmengine > 0.10.7).
     """
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_http,
+                                     force=True)
 
 
 @OPTIM_WRAPPERS.register_module()

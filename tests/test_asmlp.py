@@ -499,34 +499,6 @@ def test_pretrained_without_the_prefix_of_a_detector_checkpoint_names_it(tmp_pat
         model.init_weights()
 
 
-@pytest.mark.parametrize('layout', ['classifier', 'detector'])
-def test_a_published_checkpoint_is_sent_to_the_converter(tmp_path, layout):
-    """The authors' released checkpoints ({'model': ...}, or a detector's 'backbone.layers.*'
-    under 'state_dict') got a list of 90 missing keys; the error names the converter."""
-    from asmlp_mm.models.published import PublishedASMLP
-    state = PublishedASMLP(embed_dim=8, depths=(1, 1, 1, 1)).state_dict()
-    if layout == 'classifier':
-        torch.save({'model': state, 'epoch': 299}, tmp_path / 'ckpt.pth')
-    else:
-        torch.save({'state_dict': {'backbone.' + k: v for k, v in state.items()}, 'meta': {}},
-                   tmp_path / 'ckpt.pth')
-    model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'ckpt.pth', prefix='backbone.'))
-    with pytest.raises(ValueError, match=r"layout of the authors' released code.*"
-                                         r'tools/model_converters/asmlp_to_mm.py .*ckpt.pth'):
-        model.init_weights()
-    # a URL (mmengine downloads it): the converter takes the downloaded file
-    from mmengine.runner import CheckpointLoader
-    url = 'https://example.com/asmlp_tiny.pth'
-    loaded = torch.load(tmp_path / 'ckpt.pth', weights_only=True)
-    original = CheckpointLoader._schemes['https://']
-    CheckpointLoader._schemes['https://'] = lambda *args, **kwargs: loaded
-    try:
-        with pytest.raises(ValueError, match=r'asmlp_to_mm.py DOWNLOADED.pth OUT.pth'):
-            ASMLP(TINY, init_cfg=pretrained(url, prefix='backbone.')).init_weights()
-    finally:
-        CheckpointLoader._schemes['https://'] = original
-
-
 def test_a_pretrained_init_cfg_without_a_checkpoint():
     with pytest.raises(ValueError, match='names no checkpoint'):
         ASMLP(TINY, init_cfg=dict(type='Pretrained', prefix='backbone.')).init_weights()

@@ -4,8 +4,9 @@ mmengine writes a checkpoint by opening the final path and writing into it, so a
 killed during the save leaves a truncated file that ``last_checkpoint`` may already name
 (or that ``--resume`` finds). Here every local write goes to a temporary file in the same
 folder and is renamed over the target only once complete, and resuming picks the newest
-checkpoint that actually loads. :class:`CheckpointFitsHook` refuses, as it is loaded, a
-checkpoint that does not fit the model.
+checkpoint that actually loads (read, as every checkpoint file, by
+:func:`asmlp_mm.checkpoint_io.load_local_checkpoint`). :class:`CheckpointFitsHook`
+refuses, as it is loaded, a checkpoint that does not fit the model.
 """
 import fnmatch
 import glob
@@ -19,6 +20,8 @@ from typing import List, Optional
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
+
+from ..checkpoint_io import CheckpointError, load_local_checkpoint
 
 
 def _mode_of_a_new_file() -> int:
@@ -79,7 +82,6 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     saved under, which in a copied or moved work dir is the original folder's; its file
     of the same name in ``work_dir`` is taken instead.
     """
-    from ..compat import CheckpointError, load_local_checkpoint
     candidates = []
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
@@ -221,7 +223,6 @@ def load_fitting_weights(module, path: str, what: str, prefix: str = '',
     or raise :class:`CheckpointMismatchError` listing what does not fit. Keys matching the
     ``optional`` glob patterns may be absent on either side; returns the module's keys
     that the checkpoint did not have (they keep their values)."""
-    from ..compat import load_local_checkpoint
     state = checkpoint_state_dict(load_local_checkpoint(path, map_location='cpu'), path,
                                   prefix)
     check_fits(module, state, path, what, optional=optional)
@@ -250,8 +251,15 @@ class CheckpointFitsHook(Hook):
         self.exact = exact
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
+        from ..models.weights import is_published_layout
         model = unwrap(runner.model)
         source = runner.cfg.get('load_from')
+        if is_published_layout(checkpoint):
+            # a detector's would load its heads only (their names did not change), silently
+            raise CheckpointMismatchError(
+                f'checkpoint {source!r} is in the layout of the authors\' released code '
+                f'(layers.*.blocks.*.axial_shift.*): convert it with '
+                f'tools/model_converters/asmlp_to_mm.py and load the result')
         what = f'the model of this config ({type(model).__name__})'
         state = checkpoint_state_dict(checkpoint, source)
         if self.exact:

@@ -567,12 +567,17 @@ class ASMLP(BaseModule):
 
     def _load_pretrained(self, cfg: dict) -> None:
         """Load the checkpoint of a 'Pretrained' init config, if it fits (see
-        :meth:`init_weights`)."""
+        :meth:`init_weights`). A checkpoint in the layout of the authors' released code
+        (their classifier, mmdet 2.x detector or mmseg 0.x segmentor) is converted as it
+        loads, as ``tools/model_converters/asmlp_to_mm.py`` converts it, and the log says
+        so."""
+        from mmengine.logging import print_log
         from mmengine.runner.checkpoint import _load_checkpoint
-        from ..compat import CheckpointNotFoundError
+        from ..checkpoint_io import CheckpointNotFoundError
         from ..engine.checkpoint import (CheckpointMismatchError, check_fits,
                                          checkpoint_state_dict)
-        from .published import is_published_layout
+        from .weights import (ConversionError, checkpoint_parts, convert_published,
+                              is_published_layout, listed)
         if not cfg.get('checkpoint'):
             raise ValueError(f"init_cfg {cfg} names no checkpoint: "
                              f"dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])")
@@ -584,17 +589,27 @@ class ASMLP(BaseModule):
         except CheckpointNotFoundError as err:
             raise CheckpointNotFoundError(
                 f'{err}: the pretrained weights of ASMLP (init_cfg). Train a classifier '
-                f'(configs/asmlp/) or convert the published one '
-                f'(tools/model_converters/asmlp_to_mm.py) and put it there, or set its path '
-                f'with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
+                f'(configs/asmlp/) or download the published one and put it there (as it '
+                f'is, or converted by tools/model_converters/asmlp_to_mm.py), or set its '
+                f'path with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
                 f'model.backbone.init_cfg=None trains from random weights') from None
         if is_published_layout(loaded):
-            local = checkpoint if '://' not in str(checkpoint) else 'DOWNLOADED.pth'
-            raise CheckpointMismatchError(
-                f'checkpoint {checkpoint!r} is in the layout of the authors\' released code '
-                f'(layers.*.blocks.*.axial_shift.*): convert it first with '
-                f'"python tools/model_converters/asmlp_to_mm.py {local} OUT.pth" (a local '
-                f'file) and load OUT.pth')
+            try:
+                converted = convert_published(checkpoint_parts(loaded)[0],
+                                              num_stages=self.num_stages)
+            except ConversionError as err:
+                raise CheckpointMismatchError(f'checkpoint {checkpoint!r}, in the layout of '
+                                              f'the authors\' released code: {err}') from None
+            if converted.unmapped:
+                raise CheckpointMismatchError(
+                    f'checkpoint {checkpoint!r} is in the layout of the authors\' released '
+                    f'code, but {len(converted.unmapped)} of its keys have no mapping: '
+                    f'{listed(converted.unmapped)}; tools/model_converters/asmlp_to_mm.py '
+                    f'--drop-unmapped converts it without them')
+            loaded = converted.state_dict
+            print_log(f'init_cfg: {checkpoint} is in the layout of the authors\' released '
+                      f'code ({converted.task}): its weights are converted as they load, as '
+                      f'tools/model_converters/asmlp_to_mm.py converts them', logger='current')
         state = checkpoint_state_dict(loaded, checkpoint, prefix)
         if prefix and not state:
             raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '

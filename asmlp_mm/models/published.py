@@ -1,17 +1,20 @@
 """A re-statement of the authors' released AS-MLP, in their parameter layout.
 
-Not used by our models. It exists to check ours against: the converters map its keys
+Not used by our models. It exists to check ours against: the tests map its keys
 (``patch_embed.*``, ``layers.{i}.blocks.{j}.axial_shift.conv2_1.*``, ``layers.{i}.downsample.*``,
-``norm.*``, ``head.*``) to ours and compare outputs, and the benchmark uses it as the
-"published way" baseline. Its shift is the released CPU path: pad, chunk, roll, concatenate,
-narrow. Only zero padding and dilation 1 exist there.
+``norm.*``, ``head.*``) to ours with :mod:`asmlp_mm.models.weights` and compare outputs, and
+the benchmark uses it as the "published way" baseline. Its shift is the released CPU path:
+pad, chunk, roll, concatenate, narrow. Only zero padding and dilation 1 exist there.
 """
-import re
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# the key mapping lives in .weights; kept importable from here for the tests and tools that
+# compare this model with ours
+from .weights import published_key_to_ours  # noqa: F401
 
 
 def roll_shift(x: torch.Tensor, dim: int, shift_size: int) -> torch.Tensor:
@@ -164,48 +167,3 @@ class PublishedASMLP(nn.Module):
         if self.out_indices is not None:
             return tuple(outs)
         return self.head(self.norm(x).mean((2, 3)))
-
-
-_MIXER_NAMES = {'conv1': 'proj_in', 'norm1': 'norm_in', 'conv2_1': 'proj_w',
-                'conv2_2': 'proj_h', 'norm2': 'norm_out', 'conv3': 'proj_out'}
-
-
-def published_key_to_ours(key: str, num_stages: int = 4):
-    """Map one key of the released backbone layout to :class:`ASMLP`'s, or ``None``.
-
-    ``layers.{i}.downsample`` (end of stage i) becomes ``stages.{i+1}.downsample`` (start
-    of the next stage); the final ``norm`` is ``norm{num_stages-1}``. Keys outside the
-    backbone (``head.*``, detector heads) return ``None``.
-    """
-    parts = key.split('.')
-    if parts[0] == 'patch_embed' or parts[0].startswith('norm') and parts[0] != 'norm':
-        return key
-    if parts[0] == 'norm':
-        return '.'.join([f'norm{num_stages - 1}'] + parts[1:])
-    if parts[0] != 'layers':
-        return None
-    stage = int(parts[1])
-    if parts[2] == 'downsample':
-        return '.'.join(['stages', str(stage + 1), 'downsample'] + parts[3:])
-    if parts[2] == 'blocks':
-        rest = parts[4:]
-        if rest[0] == 'axial_shift':
-            rest = ['token_mixer', _MIXER_NAMES[rest[1]]] + rest[2:]
-        return '.'.join(['stages', str(stage), 'blocks', parts[3]] + rest)
-    return None
-
-
-_PUBLISHED_BLOCK_KEY = re.compile(r'(^|\.)layers\.\d+\.blocks\.\d+\.axial_shift\.')
-
-
-def is_published_layout(checkpoint) -> bool:
-    """Whether a loaded checkpoint holds weights in the released code's layout: the
-    classifier's (``{'model': ...}``) or a detector's or segmentor's (``backbone.layers.*``
-    under ``state_dict``), which ``tools/model_converters/asmlp_to_mm.py`` converts."""
-    if not isinstance(checkpoint, dict):
-        return False
-    for key in ('model', 'state_dict'):
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    return any(isinstance(k, str) and _PUBLISHED_BLOCK_KEY.search(k) for k in checkpoint)

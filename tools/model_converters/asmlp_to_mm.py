@@ -2,23 +2,24 @@
 
 Sources (the authors' three releases) and targets:
 
-* ``cls``: the classification release, ``{'model': state_dict}`` with ``patch_embed.*``,
-  ``layers.{i}.blocks.{j}.axial_shift.*``, ``layers.{i}.downsample.*``, ``norm.*``,
-  ``head.*`` -> an mmpretrain ``ImageClassifier`` checkpoint (``backbone.*``, ``head.fc.*``).
-* ``det``: the mmdet 2.x detection release (``backbone.*`` in the same layout with
-  ``backbone.norm{i}``, ``neck.*``, ``rpn_head.*``, ``roi_head.*``) -> mmdet 3.x. The
-  neck/RPN/RoI-head parameter names of FPN, RPNHead, ConvFCBBoxHead and FCNMaskHead did not
-  change between mmdet 2.x and 3.x; they are kept, and checked against the built model.
+* ``cls``: the classification release (``{'model': state_dict, 'config': <yacs node>,
+  'optimizer', 'lr_scheduler', 'amp', ...}``) -> an mmpretrain ``ImageClassifier``
+  checkpoint (``backbone.*``, ``head.fc.*``).
+* ``det``: the mmdet 2.x detection release (``backbone.*``, ``neck.*``, ``rpn_head.*``,
+  ``roi_head.*``) -> mmdet 3.x.
 * ``seg``: the mmseg 0.x segmentation release (``backbone.*``, ``decode_head.*``,
-  ``auxiliary_head.*``) -> mmseg 1.x; UPerHead/FCNHead names are likewise unchanged.
+  ``auxiliary_head.*``) -> mmseg 1.x.
 
-Backbone keys are renamed by :func:`asmlp_mm.models.published.published_key_to_ours`. The
-architecture (embedding width, depths, patch size, MLP ratio, output stages) is read from
-the tensors. The result is loaded strictly into a model: the one built from ``--config``
-when given (a checkpoint of another arch, or one that misses keys, fails with the keys and
-shapes that differ), otherwise our config of the detected arch (adjusted to the detected
-arch and class count). Every source key is either mapped or reported; unmapped keys stop the
-conversion unless ``--drop-unmapped``.
+The file is read by :func:`asmlp_mm.checkpoint_io.load_local_checkpoint`, which unpickles
+tensors and plain data only (the yacs config of the classification release becomes an
+inert placeholder; like the other training entries, it is dropped). The keys are converted
+by :func:`asmlp_mm.models.weights.convert_published`, as ``ASMLP``'s ``init_cfg`` converts
+such a file on load. The architecture (embedding width, depths, patch size, MLP ratio,
+output stages) is read from the tensors. The result is loaded strictly into a model: the
+one built from ``--config`` when given (a checkpoint of another arch, or one that misses
+keys, fails with the keys and shapes that differ), otherwise our config of the detected
+arch (adjusted to the detected arch and class count). Every source key is either mapped or
+reported; unmapped keys stop the conversion unless ``--drop-unmapped``.
 
 Example::
 
@@ -32,9 +33,9 @@ import os
 import os.path as osp
 import re
 import sys
-from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -44,71 +45,15 @@ if ROOT not in sys.path:
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
-from asmlp_mm.compat import weights_only_refusal  # noqa: E402
+from asmlp_mm.checkpoint_io import (CheckpointError, foreign_objects,  # noqa: E402
+                                    load_local_checkpoint)
 from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
 from asmlp_mm.models import ASMLP  # noqa: E402
-from asmlp_mm.models.published import published_key_to_ours  # noqa: E402
+from asmlp_mm.models.weights import (MAX_LISTED, TASKS, ConversionError,  # noqa: E402
+                                     checkpoint_parts, convert_published, infer_task,
+                                     is_our_layout, listed, split_backbone)
 
-TASKS = ('cls', 'det', 'seg')
-# non-backbone parameter groups kept as they are (names unchanged from mmdet 2.x / mmseg 0.x)
-KEPT_PREFIXES = {
-    'det': ('neck.', 'rpn_head.', 'roi_head.'),
-    'seg': ('neck.', 'decode_head.', 'auxiliary_head.'),
-}
 NUM_STAGES = ASMLP.num_stages
-MAX_LISTED = 12
-
-
-class ConversionError(ValueError):
-    """The source checkpoint cannot be converted, or does not fit the target model."""
-
-
-# ----------------------------------------------------------------------------- reading
-def load_source(path: str, unsafe: bool = False) -> dict:
-    """Read a checkpoint file.
-
-    Args:
-        path (str): The published checkpoint.
-        unsafe (bool): Unpickle arbitrary objects (``weights_only=False``). Only for files
-            you trust, e.g. a training checkpoint whose ``config`` entry is a yacs node.
-    """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=not unsafe)
-    except Exception as err:  # torch raises several types for unreadable files
-        # an object it refuses to rebuild ('Unsupported global: ...'), or bytes that are no
-        # pickle of a checkpoint ('Unsupported operand ...')
-        first_line = weights_only_refusal(err)
-        refused = first_line.startswith('Unsupported global')
-        hint = '' if unsafe or not refused else (
-            '\nIf it is a trusted training checkpoint that pickles other Python objects, '
-            'pass --unsafe-load.')
-        raise ConversionError(f'cannot load {path!r} as a PyTorch checkpoint: '
-                              f'{type(err).__name__}: {first_line}{hint}') from err
-
-
-def split_checkpoint(ckpt) -> Tuple[Dict[str, torch.Tensor], dict, List[str]]:
-    """(state dict, meta, names of dropped top-level entries) of a loaded checkpoint."""
-    if not isinstance(ckpt, dict):
-        raise ConversionError(f'expected a dict checkpoint, got {type(ckpt).__name__}')
-    meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
-    for key in ('model', 'state_dict'):
-        if isinstance(ckpt.get(key), dict):
-            dropped = sorted(k for k in ckpt if k not in (key, 'meta') or
-                             k == 'meta' and not isinstance(ckpt[k], dict))
-            return _without_ddp_prefix(ckpt[key]), meta, dropped
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return _without_ddp_prefix(ckpt), {}, []
-    raise ConversionError(f'no "model" or "state_dict" entry in the checkpoint; top-level '
-                          f'keys: {sorted(ckpt)[:MAX_LISTED]}')
-
-
-def _without_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """``state`` without the 'module.' of a model saved inside DistributedDataParallel."""
-    if state and all(isinstance(k, str) and k.startswith('module.') for k in state):
-        return {k[len('module.'):]: v for k, v in state.items()}
-    return state
 
 
 def check_destination(src: str, dst: str) -> None:
@@ -124,35 +69,10 @@ def check_destination(src: str, dst: str) -> None:
 
 def check_not_converted(state: Dict[str, torch.Tensor]) -> None:
     """Refuse a state dict that is already in this package's layout."""
-    ours = re.compile(r'(^|\.)stages\.\d+\.blocks\.\d+\.')
-    if any(ours.search(k) for k in state) and not any('layers.' in k for k in state):
+    if is_our_layout(state):
         raise ConversionError('the checkpoint is already in the asmlp-mm layout '
                               '(stages.*.blocks.*, not the published layers.*.blocks.*): '
                               'no conversion needed, load it as it is')
-
-
-def infer_task(state: Dict[str, torch.Tensor]) -> str:
-    """'cls', 'det' or 'seg', from the key prefixes."""
-    if any(k.startswith(('rpn_head.', 'roi_head.')) for k in state):
-        return 'det'
-    if any(k.startswith(('decode_head.', 'auxiliary_head.')) for k in state):
-        return 'seg'
-    if any(k.startswith('patch_embed.') for k in state):
-        return 'cls'
-    raise ConversionError('cannot tell the task from the keys (no patch_embed.*, '
-                          'rpn_head.*/roi_head.* or decode_head.*); pass --task')
-
-
-def split_backbone(state: Dict[str, torch.Tensor], task: str):
-    """(backbone keys without prefix, the other keys) in the published layout."""
-    if task == 'cls':
-        others = {k: v for k, v in state.items() if k.startswith('head.')}
-        backbone = {k: v for k, v in state.items() if not k.startswith('head.')}
-        return backbone, others
-    backbone = {k[len('backbone.'):]: v for k, v in state.items()
-                if k.startswith('backbone.')}
-    others = {k: v for k, v in state.items() if not k.startswith('backbone.')}
-    return backbone, others
 
 
 # ----------------------------------------------------------------------------- arch
@@ -213,42 +133,17 @@ def describe_arch(arch: dict) -> str:
             f'mlp_ratio={arch["mlp_ratio"]:g}, out_indices={arch["out_indices"]}')
 
 
-# ----------------------------------------------------------------------------- keys
-def map_backbone_key(key: str) -> Optional[str]:
-    """Our name of one published backbone key, or None when no rule covers it."""
-    try:
-        return published_key_to_ours(key, NUM_STAGES)
-    except (KeyError, IndexError, ValueError):
-        return None
-
-
-def map_other_key(key: str, task: str) -> Optional[str]:
-    """Our name of a classification head / detector / segmentor key, or None."""
-    if task == 'cls':
-        return 'head.fc.' + key[len('head.'):] if key.startswith('head.') else None
-    return key if key.startswith(KEPT_PREFIXES[task]) else None
-
-
-def convert_state_dict(state: Dict[str, torch.Tensor], task: str):
-    """(converted state dict, unmapped source keys, arch) of a published state dict."""
-    if not state:
-        raise ConversionError('the checkpoint holds no parameters')
-    backbone, others = split_backbone(state, task)
-    arch = infer_arch(backbone, task)
-    converted, unmapped = OrderedDict(), []
-    for key, value in backbone.items():
-        mapped = map_backbone_key(key)
-        if mapped is None:
-            unmapped.append(key if task == 'cls' else 'backbone.' + key)
-        else:
-            converted['backbone.' + mapped] = value
-    for key, value in others.items():
-        mapped = map_other_key(key, task)
-        if mapped is None:
-            unmapped.append(key)
-        else:
-            converted[mapped] = value
-    return converted, unmapped, arch
+def convert_state_dict(state: Dict[str, torch.Tensor], task: Optional[str] = None):
+    """(converted state dict, unmapped source keys, arch, task) of a published state dict;
+    ``task`` is inferred from the keys when None."""
+    if task is None and state:
+        try:
+            task = infer_task(state)
+        except ConversionError as err:
+            raise ConversionError(f'{err}; pass --task') from None
+    converted = convert_published(state, task, NUM_STAGES)
+    arch = infer_arch(split_backbone(state, converted.task)[0], converted.task)
+    return converted.state_dict, converted.unmapped, arch, converted.task
 
 
 # ----------------------------------------------------------------------------- target
@@ -309,13 +204,6 @@ def build_target(task: str, arch: dict, converted: dict, state: dict,
     return build_model_from_config(cfg), osp.relpath(config, os.getcwd()), False
 
 
-def _listed(keys, shapes=None) -> str:
-    keys = sorted(keys)
-    text = ', '.join(f'{k} {shapes[k]}' if shapes else k for k in keys[:MAX_LISTED])
-    more = len(keys) - MAX_LISTED
-    return text + (f' ... (+{more} more)' if more > 0 else '')
-
-
 def check_fits(converted: dict, model: torch.nn.Module, arch: dict, target: str,
                only_backbone: bool = False):
     """Raise :class:`ConversionError` naming every difference; else load strictly."""
@@ -335,9 +223,9 @@ def check_fits(converted: dict, model: torch.nn.Module, arch: dict, target: str,
                          f'out_indices={backbone.out_indices}')
         if missing:
             lines.append(f'  missing in the checkpoint ({len(missing)}): '
-                         f'{_listed(missing, expected)}')
+                         f'{listed(missing, expected)}')
         if unexpected:
-            lines.append(f'  not in the model ({len(unexpected)}): {_listed(unexpected, got)}')
+            lines.append(f'  not in the model ({len(unexpected)}): {listed(unexpected, got)}')
         if wrong:
             lines.append(f'  shape mismatch ({len(wrong)}): ' + ', '.join(
                 f'{k} checkpoint {got[k]} vs model {expected[k]}'
@@ -347,26 +235,55 @@ def check_fits(converted: dict, model: torch.nn.Module, arch: dict, target: str,
 
 
 # ----------------------------------------------------------------------------- meta
-def convert_meta(meta: dict, src: str, task: str, arch: dict, unmapped: List[str]) -> dict:
-    """Our checkpoint meta: provenance, arch, and ``dataset_meta`` from CLASSES/PALETTE."""
+def plain(value):
+    """``value`` with its numpy arrays and scalars as lists and Python numbers (in dicts,
+    lists and tuples too): what ``torch.load(weights_only=True)`` reads without help."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return (list if isinstance(value, list) else tuple)(plain(v) for v in value)
+    return value
+
+
+def convert_meta(meta: dict, src: str, task: str, arch: dict, unmapped: List[str],
+                 log=print) -> dict:
+    """Our checkpoint meta: provenance, arch, and ``dataset_meta`` from CLASSES/PALETTE.
+
+    Values become plain data (:func:`plain`); one that holds objects the reader left out
+    (e.g. an mmcv ``Config``) is left out, and said."""
     out = dict(converted_from=osp.basename(src), task=task,
                arch={k: v for k, v in arch.items()}, dropped_keys=list(unmapped))
-    dataset_meta = {name.lower(): meta[name] for name in ('CLASSES', 'PALETTE')
-                    if meta.get(name) is not None}
+    # (where in the source, whether it goes into dataset_meta, its name there, value)
+    entries = [(f'meta[{name!r}]', True, name.lower(), meta.get(name))
+               for name in ('CLASSES', 'PALETTE')]
     if isinstance(meta.get('dataset_meta'), dict):
-        dataset_meta.update(meta['dataset_meta'])
+        entries += [(f"meta['dataset_meta'][{key!r}]", True, key, value)
+                    for key, value in meta['dataset_meta'].items()]
+    entries += [(f'meta[{key!r}]', False, f'source_{key}', meta.get(key)) for key in (
+        'mmdet_version', 'mmseg_version', 'mmcv_version', 'epoch', 'iter')]
+    dataset_meta = {}
+    for where, in_dataset_meta, name, value in entries:
+        if value is None:
+            continue
+        foreign = foreign_objects(value)
+        if foreign:
+            log(f'left out {where}: it holds objects that were not unpickled '
+                f'({", ".join(sorted({pickled for _, pickled in foreign}))})')
+            continue
+        (dataset_meta if in_dataset_meta else out)[name] = plain(value)
     if dataset_meta:
         out['dataset_meta'] = dataset_meta
-    for key in ('mmdet_version', 'mmseg_version', 'mmcv_version', 'epoch', 'iter'):
-        if key in meta:
-            out[f'source_{key}'] = meta[key]
     return out
 
 
 # ----------------------------------------------------------------------------- main
 def convert(src: str, dst: str, task: Optional[str] = None, config: Optional[str] = None,
             cfg_options: Optional[dict] = None, drop_unmapped: bool = False,
-            unsafe_load: bool = False, log=print) -> dict:
+            log=print) -> dict:
     """Convert ``src`` to ``dst`` and verify it; return a summary dict.
 
     Args:
@@ -378,22 +295,20 @@ def convert(src: str, dst: str, task: Optional[str] = None, config: Optional[str
             detected arch and classes).
         cfg_options (dict, optional): Overrides merged into ``config``.
         drop_unmapped (bool): Drop source keys no rule maps instead of failing.
-        unsafe_load (bool): Load ``src`` with ``weights_only=False``.
         log (callable): Receives the report lines.
     """
     if task is not None and task not in TASKS:
         raise ConversionError(f'task must be one of {TASKS}, got {task!r}')
     check_destination(src, dst)
-    state, meta, dropped_entries = split_checkpoint(load_source(src, unsafe_load))
+    state, meta, dropped_entries = checkpoint_parts(load_local_checkpoint(src, 'cpu'))
     check_not_converted(state)
-    task = task or infer_task(state)
-    converted, unmapped, arch = convert_state_dict(state, task)
+    converted, unmapped, arch, task = convert_state_dict(state, task)
     log(f'task: {task}; arch: {describe_arch(arch)}')
     log(f'{len(state)} source keys -> {len(converted)} keys')
     if dropped_entries:
         log(f'dropped top-level entries (training state): {dropped_entries}')
     if unmapped:
-        message = f'{len(unmapped)} source keys have no mapping: {_listed(unmapped)}'
+        message = f'{len(unmapped)} source keys have no mapping: {listed(unmapped)}'
         if not drop_unmapped:
             raise ConversionError(message + '\n(pass --drop-unmapped to drop them)')
         log('dropped ' + message)
@@ -403,7 +318,7 @@ def convert(src: str, dst: str, task: Optional[str] = None, config: Optional[str
     log(f'verified: loads strictly into {target}')
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(dict(state_dict=converted,
-                    meta=convert_meta(meta, src, task, arch, unmapped)), dst)
+                    meta=convert_meta(meta, src, task, arch, unmapped, log)), dst)
     log(f'saved {dst}')
     return dict(task=task, arch=arch, unmapped=unmapped, target=target,
                 num_keys=len(converted))
@@ -423,17 +338,22 @@ def parse_args(argv=None):
                         help='overrides of --config, e.g. model.backbone.shift_size=3')
     parser.add_argument('--drop-unmapped', action='store_true',
                         help='drop source keys no rule maps instead of failing')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='load SRC with weights_only=False (trusted files only)')
+    # deprecated: every file is read safely now (objects other than weights and plain
+    # data are left out), so there is nothing left to allow
+    parser.add_argument('--unsafe-load', action='store_true', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.unsafe_load:
+        print('--unsafe-load is deprecated and does nothing: every checkpoint is read '
+              'without unpickling objects other than weights and plain data',
+              file=sys.stderr)
     try:
         convert(args.src, args.dst, args.task, args.config, args.cfg_options,
-                args.drop_unmapped, args.unsafe_load)
-    except (ConversionError, FileNotFoundError, CfgOptionsError) as err:
+                args.drop_unmapped)
+    except (ConversionError, CheckpointError, FileNotFoundError, CfgOptionsError) as err:
         raise SystemExit(f'error: {err}')
 
 

@@ -6,16 +6,18 @@
 A training checkpoint also holds the state of the run: optimizer, parameter schedulers and
 mmengine's message hub (``HistoryBuffer`` objects, numpy arrays). torch >= 2.6 loads
 checkpoints weights-only, and refuses those objects unless ``asmlp_mm`` is imported first
-(it allow-lists them, see ``asmlp_mm.compat.load_local_checkpoint``). Most loads import it
-through the config's ``custom_imports``, but not those that read the checkpoint before any
-config, e.g. ``DetInferencer(model=None, weights=...)`` or ``MMSegInferencer(None,
-weights=...)``, which take the config from the checkpoint's meta.
+(its reader loads them, see ``asmlp_mm.checkpoint_io.load_local_checkpoint``). Most loads
+import it through the config's ``custom_imports``, but not those that read the checkpoint
+before any config, e.g. ``DetInferencer(model=None, weights=...)`` or
+``MMSegInferencer(None, weights=...)``, which take the config from the checkpoint's meta.
 
-This keeps ``state_dict`` and ``meta`` (the config, the classes and palette of
-``dataset_meta``, the epoch and iteration), drops everything else and lists it, checks that
-the result loads with plain ``torch.load(weights_only=True)``, and names the file with the
-first 8 hex digits of its SHA-256, as OpenMMLab's model zoos do. The file is written to a
-temporary name and renamed when complete (``asmlp_mm.engine.AtomicLocalBackend``).
+This reads the checkpoint with that reader, keeps ``state_dict`` and ``meta`` (the config,
+the classes and palette of ``dataset_meta``, the epoch and iteration), drops everything else
+and lists it, checks that the result loads with plain ``torch.load(weights_only=True)``,
+and names the file with the first 8 hex digits of its SHA-256, as OpenMMLab's model zoos
+do. The file is written to a temporary name and renamed when complete
+(``asmlp_mm.engine.AtomicLocalBackend``). A kept entry that holds objects the reader left
+out (classes other than tensors and plain data) is refused, naming them.
 """
 import argparse
 import hashlib
@@ -30,8 +32,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from asmlp_mm.analysis import output_file_problem  # noqa: E402
-from asmlp_mm.compat import (CheckpointError, load_local_checkpoint,  # noqa: E402
-                             weights_only_refusal)
+from asmlp_mm.checkpoint_io import (CheckpointError, foreign_objects,  # noqa: E402
+                                    load_local_checkpoint, weights_only_refusal)
 from asmlp_mm.engine import AtomicLocalBackend  # noqa: E402
 
 #: what a published checkpoint keeps
@@ -49,6 +51,12 @@ def published(checkpoint: dict, source: str):
         raise CheckpointError(f'{source!r}: its state_dict is empty or holds other things '
                               f'than tensors: not the weights of a model')
     kept = {key: checkpoint[key] for key in KEPT if key in checkpoint}
+    foreign = foreign_objects(kept)
+    if foreign:
+        raise CheckpointError(f'{source!r} cannot be published: ' + '; '.join(
+            f'checkpoint{where} is an object of {pickled}' for where, pickled in foreign[:8])
+            + ', which asmlp_mm\'s reader does not unpickle (only tensors and plain data): '
+            'remove it from the checkpoint to publish it')
     return kept, sorted(key for key in checkpoint if key not in KEPT)
 
 
