@@ -2,8 +2,8 @@
 
 ``model-index.yml`` at the repository root imports one ``metafile.yml`` per config folder
 in the OpenMMLab format. Each model entry names its config and carries the paper's results,
-``Parameters`` and ``FLOPs`` (multiply-accumulates) and ``FLOPs Input Shape`` (H, W), the
-input size the paper's FLOPs were counted at; classifiers also the paper's ``Throughput
+``Parameters`` and ``FLOPs`` (multiply-accumulates) and ``FLOPs Input Shape`` ("(H,W)"),
+the input size the paper's FLOPs were counted at; classifiers also the paper's ``Throughput
 (img/s)``.
 
 Where the authors published the checkpoint, ``Converted From`` says where it comes from, as
@@ -14,6 +14,7 @@ entry's ``Weights`` is a checkpoint of this project that its ``Results`` were me
 with; an entry without it has the paper's results.
 """
 import os.path as osp
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -94,9 +95,13 @@ def _parse_model(entry: dict, metafile: str) -> PaperModel:
                              f'{key!r} field')
     meta = entry.get('Metadata', {}) or {}
     shape = meta.get('FLOPs Input Shape')
-    if shape is not None and (len(shape) != 2 or not all(isinstance(v, int) for v in shape)):
-        raise ValueError(f'{metafile}: "FLOPs Input Shape" of {entry["Name"]} must be '
-                         f'[H, W], got {shape!r}')
+    if shape is not None:
+        # text, as mmseg writes its "Crop Size": mim's search takes no list of numbers
+        match = re.fullmatch(r'\((\d+), *(\d+)\)', str(shape))
+        if match is None:
+            raise ValueError(f'{metafile}: "FLOPs Input Shape" of {entry["Name"]} must be '
+                             f'"(H,W)", got {shape!r}')
+        shape = (int(match.group(1)), int(match.group(2)))
     results = entry.get('Results', [])
     if isinstance(results, dict):  # a single result may be written without a list
         results = [results]
@@ -112,7 +117,7 @@ def _parse_model(entry: dict, metafile: str) -> PaperModel:
     return PaperModel(
         name=entry['Name'], config=entry['Config'], collection=entry['In Collection'],
         params=meta.get('Parameters'), flops=meta.get('FLOPs'),
-        flops_shape=tuple(shape) if shape is not None else None,
+        flops_shape=shape,
         results=list(results), metadata=dict(meta), weights=entry.get('Weights'),
         converted_from=converted)
 

@@ -70,6 +70,18 @@ def test_every_metafile_entry_points_to_an_existing_config():
             assert set(result) == {'Task', 'Dataset', 'Metrics'} and result['Metrics']
 
 
+def test_mim_reads_the_model_index():
+    """mim search parses every metadata value as text or a list of text: a shape written
+    as a list of numbers stopped it (AttributeError: 'int' object has no attribute
+    'lower')."""
+    search = pytest.importorskip('mim.commands.search')
+    from modelindex.load_model_index import load
+    table = search.convert2df(load(osp.join(ROOT, 'model-index.yml')))
+    assert sorted(table.index) == sorted(m.name for m in paper.load_models())
+    tiny = table.loc['asmlp-tiny_8xb128_in1k']
+    assert tiny['flops_input_shape'] == '(224,224)' and tiny['imagenet-1k/top_1_accuracy'] == 81.3
+
+
 def test_every_zoo_config_has_a_metafile_entry():
     listed = {m.config for m in paper.load_models()}
     for folder in ZOO_FOLDERS:
@@ -175,6 +187,11 @@ def test_bad_metafile_is_reported(tmp_path):
     (tmp_path / 'model-index.yml').write_text('Import:\n  - m.yml\n')
     (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n')
     with pytest.raises(ValueError, match="'In Collection'"):
+        paper.load_models(str(tmp_path))
+    (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n'
+                                    '    In Collection: C\n    Metadata:\n'
+                                    '      FLOPs Input Shape: [224, 224]\n')
+    with pytest.raises(ValueError, match=r'"FLOPs Input Shape" of x must be "\(H,W\)"'):
         paper.load_models(str(tmp_path))
     (tmp_path / 'm.yml').write_text('Models:\n  - Name: x\n    Config: x.py\n'
                                     '    In Collection: C\n    Converted From:\n'
