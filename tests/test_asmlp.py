@@ -6,7 +6,8 @@ import torch.nn as nn
 from helpers import randomize
 
 from asmlp_mm.models import ASMLP
-from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours, roll_shift
+from asmlp_mm.models.published import PublishedASMLP, roll_shift
+from asmlp_mm.models.weights import published_key_to_ours
 from asmlp_mm.ops import no_fusion
 from asmlp_mm.ops.pointwise import hooks_see
 

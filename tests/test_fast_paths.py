@@ -10,7 +10,8 @@ from helpers import randomize
 from mmcv.cnn.bricks import DropPath
 
 from asmlp_mm.models import ASMLP
-from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours
+from asmlp_mm.models.published import PublishedASMLP
+from asmlp_mm.models.weights import published_key_to_ours
 from asmlp_mm.ops import axial_shift, pointwise
 
 TINY = dict(embed_dims=10, depths=[1, 2, 1, 1])  # 10 channels: uneven shift groups

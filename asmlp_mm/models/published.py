@@ -12,10 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# the key mapping lives in .weights; kept importable from here for the tests and tools that
-# compare this model with ours
-from .weights import published_key_to_ours  # noqa: F401
-
 
 def roll_shift(x: torch.Tensor, dim: int, shift_size: int) -> torch.Tensor:
     """The released shift: zero-pad, roll each channel chunk, concatenate, crop."""

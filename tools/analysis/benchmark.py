@@ -360,7 +360,8 @@ def build_ours() -> nn.Module:
 
 def build_published_like(ours: TensorForward) -> nn.Module:
     """The published AS-MLP-T classifier holding the weights of ``ours``."""
-    from asmlp_mm.models.published import PublishedASMLP, published_key_to_ours
+    from asmlp_mm.models.published import PublishedASMLP
+    from asmlp_mm.models.weights import published_key_to_ours
     published = PublishedASMLP(96, (2, 2, 6, 2), num_classes=1000)
     source = ours.model.state_dict()
     state = {}
