@@ -6,15 +6,20 @@ Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and
 classes below; :class:`~asmlp_mm.models.ASMLP` applies :func:`guard_group_norms`. Each item
 says why it exists and when it can go.
 """
+import inspect
 import warnings
 from contextlib import contextmanager
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                             is_npu_available)
+from mmengine.logging import print_log
 from mmengine.model.wrappers import MMDistributedDataParallel
-from mmengine.optim import OptimWrapper
-from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.registry import (MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
+                               DefaultScope)
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -99,9 +104,10 @@ def patch_checkpoint_loading():
 class AutocastOptimWrapper(OptimWrapper):
     """Mixed precision by ``torch.autocast`` without a loss scaler, on any device.
 
-    mmengine's ``AmpOptimWrapper`` refuses to start without CUDA/NPU/MLU. bfloat16 has the
-    range of float32, so it needs no loss scaling, and CPU autocast supports it: this
-    wrapper makes ``tools/train.py --amp`` work on CPU. Remove when mmengine's wrapper
+    mmengine's ``AmpOptimWrapper`` refuses to start without CUDA/NPU/MLU/MUSA. bfloat16 has
+    the range of float32, so it needs no loss scaling, and CPU autocast supports it:
+    :class:`AmpFallbackOptimWrapperConstructor` builds this wrapper instead there, for the
+    mixed-precision configs and ``tools/train.py --amp``. Remove when mmengine's wrapper
     accepts CPU.
 
     Args:
@@ -265,45 +271,105 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, device_ids=None, **kwargs)
 
 
-#: Arguments of mmengine's ``AmpOptimWrapper`` that :class:`AutocastOptimWrapper` (an
-#: ``OptimWrapper``) does not take, besides ``dtype``, which both take
-AMP_ONLY_ARGS = ('loss_scale', 'use_fsdp')
+#: Arguments that only mmengine's ``AmpOptimWrapper`` takes among the wrappers an AMP config
+#: may be switched to (:class:`AutocastOptimWrapper` takes ``dtype``, ``OptimWrapper`` none)
+AMP_ONLY_ARGS = ('loss_scale', 'use_fsdp', 'dtype')
+
+
+def amp_device_available() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` runs here: it asserts a CUDA, NPU, MLU or MUSA
+    device when it is built."""
+    return (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available())
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class AmpFallbackOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's default constructor, for configs that train in mixed precision as the
+    released recipes did (``type='AmpOptimWrapper'``) and must run on CPU too, where
+    mmengine's ``AmpOptimWrapper`` refuses to start.
+
+    The ImageNet and COCO configs name it (``constructor=...``), and so do the others (for
+    ``--amp``): whatever builds their optimizer wrapper through mmengine (tools/train.py,
+    mmdet's, mmseg's and mmpretrain's own train.py, with or without their ``--amp``), this
+    is the one place where the config meets the machine:
+
+    - ``AmpOptimWrapper`` as configured where it runs (:func:`amp_device_available`);
+    - elsewhere an :class:`AutocastOptimWrapper` in bfloat16, which has float32's range and
+      needs no loss scaling, over the submodules of :data:`CPU_AUTOCAST_ONLY` for the
+      toolbox of the run (its default scope), said once in the log;
+    - another wrapper type, which a derived config or ``--cfg-options`` switches to
+      (``optim_wrapper.type=OptimWrapper`` trains in float32), is built without the
+      inherited :data:`AMP_ONLY_ARGS` that it does not take.
+
+    Remove when mmengine's ``AmpOptimWrapper`` runs on CPU.
+    """
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        cfg = dict(self.optim_wrapper_cfg)
+        if cfg.get('type') == 'AmpOptimWrapper' and not amp_device_available():
+            inner = getattr(model, 'module', model)
+            scope = DefaultScope.get_current_instance()
+            modules = _autocast_only(scope and scope.scope_name,
+                                     lambda name: getattr(inner, name, None) is not None)
+            cfg.update(type='AutocastOptimWrapper', dtype='bfloat16')
+            if modules is not None:
+                cfg['modules'] = modules
+            part = 'the whole model' if modules is None else ' and '.join(modules)
+            print_log(f'AmpOptimWrapper needs a CUDA, NPU, MLU or MUSA device and there is '
+                      f'none: mixed precision runs as bfloat16 autocast of {part} '
+                      f'(AutocastOptimWrapper), without loss scaling; '
+                      f'--cfg-options optim_wrapper.type=OptimWrapper trains in float32',
+                      logger='current')
+        wrapper = cfg.get('type', 'OptimWrapper')
+        if isinstance(wrapper, str):
+            wrapper = OPTIM_WRAPPERS.get(wrapper)
+        if wrapper is not None:  # else the build below names the unknown type
+            takes = inspect.signature(wrapper).parameters
+            for key in AMP_ONLY_ARGS:
+                if key not in takes:
+                    cfg.pop(key, None)
+        self.optim_wrapper_cfg = cfg
+        return super().__call__(model)
 
 
 def enable_amp(cfg):
-    """Turn on mixed precision in a config: fp16 AMP on CUDA, bf16 autocast elsewhere.
-
-    Without CUDA an ``AmpOptimWrapper`` config becomes an :class:`AutocastOptimWrapper`
-    one, without the loss scaling arguments that only ``AmpOptimWrapper`` takes
-    (:data:`AMP_ONLY_ARGS`): bfloat16 needs no loss scaling. For detectors (mmdet
-    configs) only the backbone and the neck run under autocast there: the heads call
-    mmcv's CPU ``nms`` and ``RoIAlign``, which take float32 only."""
+    """Turn on mixed precision in a config (``tools/train.py --amp``): ``AmpOptimWrapper``
+    with dynamic loss scaling, built by :class:`AmpFallbackOptimWrapperConstructor`, so
+    float16 AMP on CUDA and bfloat16 autocast on CPU. A config that already asks for
+    :class:`AutocastOptimWrapper` keeps it: it runs on any device."""
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper',
-                                                   'AutocastOptimWrapper'):
-        raise ValueError(f'--amp supports OptimWrapper configs, got {wrapper["type"]}')
-    if torch.cuda.is_available():
-        wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind not in ('OptimWrapper', 'AmpOptimWrapper', 'AutocastOptimWrapper'):
+        raise ValueError(f'--amp supports OptimWrapper configs, got {kind}')
+    if kind == 'AutocastOptimWrapper':
         return
-    for key in AMP_ONLY_ARGS:
-        wrapper.pop(key, None)
-    wrapper.update(type='AutocastOptimWrapper', dtype='bfloat16')
-    modules = cpu_autocast_modules(cfg)
-    if modules is not None:
-        wrapper['modules'] = modules
+    fallback = AmpFallbackOptimWrapperConstructor.__name__
+    constructor = wrapper.get('constructor', 'DefaultOptimWrapperConstructor')
+    if constructor in ('DefaultOptimWrapperConstructor', fallback):
+        wrapper['constructor'] = fallback
+    elif not amp_device_available():
+        raise ValueError(f'--amp: AmpOptimWrapper needs a CUDA device without one, and the '
+                         f'config builds its optimizer wrapper with {constructor}, which '
+                         f'cannot fall back to bfloat16 autocast as {fallback} does')
+    wrapper['type'] = 'AmpOptimWrapper'
+    wrapper.setdefault('loss_scale', 'dynamic')
 
 
-#: The submodules that bfloat16 autocast on CPU is limited to, by toolbox (the config's
-#: ``default_scope``): mmdet's heads call mmcv's CPU ``nms`` and ``RoIAlign``, which take
-#: float32 only.
+#: The submodules that bfloat16 autocast on CPU is limited to, by toolbox (the default
+#: scope): mmdet's heads call mmcv's CPU ``nms`` and ``RoIAlign``, which take float32 only.
 CPU_AUTOCAST_ONLY = {'mmdet': ('backbone', 'neck')}
 
 
+def _autocast_only(scope: Optional[str], has: Callable[[str], bool]) -> Optional[List[str]]:
+    names = CPU_AUTOCAST_ONLY.get(scope)
+    return None if names is None else [name for name in names if has(name)]
+
+
 def cpu_autocast_modules(cfg) -> Optional[List[str]]:
-    """The names of the model's submodules that bfloat16 autocast on CPU may cover
-    (:data:`CPU_AUTOCAST_ONLY`, those the config's model has), or None: all of it."""
-    names = CPU_AUTOCAST_ONLY.get(cfg.get('default_scope'))
-    return None if names is None else [name for name in names if cfg.model.get(name)]
+    """The names of the submodules of a config's model that bfloat16 autocast on CPU may
+    cover (:data:`CPU_AUTOCAST_ONLY`, those the model has), or None: all of it."""
+    return _autocast_only(cfg.get('default_scope'), lambda name: bool(cfg.model.get(name)))
 
 
 def adapt_to_device(cfg):

@@ -279,8 +279,8 @@ def test_demo_train_step_with_amp_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = Config.fromfile(DEMO)
     enable_amp(cfg)
-    assert cfg.optim_wrapper.modules == ['backbone', 'neck']
     model, optim_wrapper = built_for_training(cfg)
+    assert optim_wrapper.modules == ['backbone', 'neck']
     seen = {}
     for name, module in (('backbone', model.backbone.stages[1].blocks[0].mlp.fc1),
                          ('neck', model.neck.fpn_convs[0].conv),

@@ -18,7 +18,8 @@ def parse_args():
         'path is given')
     parser.add_argument(
         '--amp', action='store_true',
-        help='mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPU')
+        help='mixed precision (the ImageNet and COCO configs have it already): float16 AMP '
+        'on CUDA, bfloat16 autocast on CPU')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the learning rate by the actual total batch size')
