@@ -4,7 +4,9 @@
 #   2. the speed comparison of docs/benchmarks.md on the GPU, batch 64: the shift alone,
 #      AS-MLP-T vs the published way vs Swin-T in fp32, channels-last and fp16 autocast;
 #   3. the backbone at a detection size (800x1216, batch 2), fp32 and fp16 autocast;
-#   4. with COMPILE=1, the same comparison under torch.compile (minutes more).
+#   4. the paper's throughput protocol (benchmark.py --paper-protocol) for AS-MLP-T/S/B,
+#      beside the paper's 1047/619/455 img/s;
+#   5. with COMPILE=1, the same comparison under torch.compile (minutes more).
 #
 #   bash tools/gpu_check.sh [OUT_DIR]        # default work_dirs/gpu_check
 #
@@ -56,6 +58,10 @@ step backbone-800x1216-fp32 "${BENCH[@]}" "$CONFIG" --part backbone --device "$D
     --shape 800 1216 --repeats "$REPEATS" --out "$OUT/backbone-800x1216-fp32.json"
 step backbone-800x1216-amp "${BENCH[@]}" "$CONFIG" --part backbone --device "$DEVICE" --batch 2 \
     --shape 800 1216 --repeats "$REPEATS" --amp --out "$OUT/backbone-800x1216-amp.json"
+for arch in tiny small base; do
+    step "paper-throughput-$arch" "${BENCH[@]}" "configs/asmlp/asmlp-${arch}_8xb128_in1k.py" \
+        --paper-protocol --device "$DEVICE" --out "$OUT/paper-throughput-$arch.json"
+done
 if [ "${COMPILE:-0}" = 1 ]; then
     step compile "${BENCH[@]}" --compare --device "$DEVICE" --batch "$BATCH" --repeats "$REPEATS" \
         --sections compile --out "$OUT/compile.json"
