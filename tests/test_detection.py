@@ -133,11 +133,26 @@ def head_settings(head):
                          'num_classes')}
 
 
-@pytest.mark.parametrize('arch,drop_path', [('tiny', .2), ('small', .2), ('base', .3)])
+# the released configs' drop path rates and shift sizes (tests/test_released_configs.py)
+CASCADE_BACKBONES = {('tiny', '1x'): (.1, 5), ('tiny', '3x'): (.2, 3),
+                     ('small', '1x'): (.1, 5), ('small', '3x'): (.2, 3),
+                     ('base', '1x'): (.2, 5), ('base', '3x'): (.3, 5)}
+
+
+def without_backbone_rates(model):
+    """A model config without the backbone's drop path rate and shift size."""
+    model = model.to_dict()
+    for key in ('drop_path_rate', 'shift_size'):
+        model['backbone'].pop(key)
+    return model
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
 @pytest.mark.parametrize('schedule,epochs,steps', [('1x', 12, [8, 11]), ('3x', 36, [27, 33])])
-def test_cascade_recipe(arch, drop_path, schedule, epochs, steps):
+def test_cascade_recipe(arch, schedule, epochs, steps):
     cfg = Config.fromfile(cascade(arch, schedule))
-    assert cfg.model.backbone.drop_path_rate == drop_path
+    assert (cfg.model.backbone.drop_path_rate,
+            cfg.model.backbone.shift_size) == CASCADE_BACKBONES[arch, schedule]
     assert cfg.model.backbone.init_cfg.prefix == 'backbone.'
     heads = cfg.model.roi_head.bbox_head
     assert [h.bbox_coder.target_stds for h in heads] == [
@@ -150,7 +165,8 @@ def test_cascade_recipe(arch, drop_path, schedule, epochs, steps):
     assert cfg.train_cfg.max_epochs == epochs
     assert cfg.param_scheduler[-1].milestones == steps
     assert_shared_recipe(cfg)
-    assert cfg.model == Config.fromfile(cascade(arch, '1x')).model
+    assert without_backbone_rates(cfg.model) == without_backbone_rates(
+        Config.fromfile(cascade(arch, '1x')).model)
 
 
 @pytest.mark.parametrize('arch', ['tiny', 'small'])
@@ -159,9 +175,12 @@ def test_mask_rcnn_recipe(arch, schedule, epochs):
     cfg = Config.fromfile(mask_rcnn(arch, schedule))
     assert cfg.model.type == 'MaskRCNN'
     assert cfg.model.backbone.drop_path_rate == .2
+    # shift size 3 in the released S-3x config, 5 in the others
+    assert cfg.model.backbone.shift_size == (3 if (arch, schedule) == ('small', '3x') else 5)
     assert cfg.train_cfg.max_epochs == epochs
     assert_shared_recipe(cfg)
-    assert cfg.model == Config.fromfile(mask_rcnn(arch, '1x')).model
+    assert without_backbone_rates(cfg.model) == without_backbone_rates(
+        Config.fromfile(mask_rcnn(arch, '1x')).model)
 
 
 def assert_shared_recipe(cfg):

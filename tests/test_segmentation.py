@@ -83,7 +83,7 @@ def test_full_config_params_and_loss_step(config):
 
 def test_recipe_optimizer_and_schedule():
     """AdamW lr 6e-5 / wd 0.01 without decay on the backbone's norms; 1500 warm-up
-    iterations, then poly (power 1) down to 0 at 160k."""
+    iterations over a poly (power 1) down to 0 at 160k, as mmcv's schedule of the release."""
     cfg = Config.fromfile(TINY)
     cfg.model.backbone.arch = dict(embed_dims=8, depths=[1, 1, 1, 1])
     model = build_model_from_config(cfg)
@@ -105,9 +105,9 @@ def test_recipe_optimizer_and_schedule():
         return wrapper.optimizer.param_groups[0]['lr']
 
     assert wrapper.optimizer.param_groups[0]['lr'] == pytest.approx(6e-11)
-    assert lr_after(750) == pytest.approx(3e-5, rel=1e-3)
-    assert lr_after(750) == pytest.approx(6e-5)
-    assert lr_after(1000) == pytest.approx(6e-5 * (1 - 1000 / 158500))
+    assert lr_after(750) == pytest.approx(6e-5 * (1 - 750 / 160000) / 2, rel=1e-3)
+    assert lr_after(750) == pytest.approx(6e-5 * (1 - 1500 / 160000))
+    assert lr_after(1000) == pytest.approx(6e-5 * (1 - 2500 / 160000))
     assert cfg.train_cfg.max_iters == 160000
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.auto_scale_lr.base_batch_size == 8 * 2

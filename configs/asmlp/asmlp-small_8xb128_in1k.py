@@ -1,4 +1,5 @@
-# AS-MLP-S (C=96, depths 2-2-18-2, drop path 0.3); recipe as AS-MLP-T.
+# AS-MLP-S; recipe as AS-MLP-T. Values: the authors' svip-lab/AS-MLP, configs/
+# as_small_patch4_shift5_224.yaml: C 96, depths 2-2-18-2, shift size 5, drop path 0.3.
 _base_ = './asmlp-tiny_8xb128_in1k.py'
 
-model = dict(backbone=dict(arch='small'))
+model = dict(backbone=dict(arch='small', shift_size=5, drop_path_rate=0.3))

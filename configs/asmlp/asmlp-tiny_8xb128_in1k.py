@@ -2,7 +2,11 @@
 # Swin's recipe, as the paper uses: AdamW lr 1e-3, weight decay 0.05 (none on norms and
 # biases), cosine with 20 linear warm-up epochs, RandAugment m9-mstd0.5, mixup 0.8,
 # cutmix 1.0, random erasing 0.25, label smoothing 0.1, grad clip 5, bicubic resizing,
-# test resize 256 + center crop 224.
+# test resize 256 + center crop 224, mixed precision.
+# Values: the authors' svip-lab/AS-MLP, config.py defaults (rates per 512 images, scaled
+# with the batch by main.py: lr 5e-4, warm-up from 5e-7, floor 5e-6), configs/as_tiny_
+# patch4_shift5_224.yaml and train_scripts/train_asmlp_t.sh (8 GPUs x 128, apex O1).
+# Deviations: docs/released_configs.md.
 _base_ = [
     '../_base_/models/asmlp-tiny_in1k.py',
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
@@ -13,7 +17,8 @@ _base_ = [
 # ImageNet with checks of the list files and images (asmlp_mm/datasets/imagenet.py)
 custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.imagenet'],
                       allow_failed_imports=False)
-train_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
+# the released loader drops the last incomplete batch of each epoch
+train_dataloader = dict(batch_size=128, drop_last=True, dataset=dict(type='CheckedImageNet'))
 val_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 test_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 
@@ -23,7 +28,19 @@ test_dataloader = dict(batch_size=128, dataset=dict(type='CheckedImageNet'))
 visualizer = dict(_delete_=True, type='UniversalVisualizer',
                   vis_backends=[dict(type='LocalVisBackend')])
 
-optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
+# float16 autocast with dynamic loss scaling on CUDA, as the released runs (apex O1); the
+# constructor falls back to bfloat16 autocast where AmpOptimWrapper cannot run (CPU), and
+# optim_wrapper.type=OptimWrapper trains in float32 (asmlp_mm.compat)
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    constructor='AmpFallbackOptimWrapperConstructor',
+    clip_grad=dict(max_norm=5.0),
+    # no weight decay on 1-D parameters (norms) and biases, as the released optimizer.py;
+    # mmpretrain's Swin keys (absolute_pos_embed, relative_position_bias_table) are left
+    # out: AS-MLP has no such parameters
+    paramwise_cfg=dict(_delete_=True, norm_decay_mult=0.0, bias_decay_mult=0.0,
+                       flat_decay_mult=0.0))
 # The learning rate of the released AS-MLP (and Swin) code: timm's cosine scheduler, stepped
 # every iteration (t_in_epochs=False; mmpretrain's Swin schedule steps the cosine once an
 # epoch), whose cosine spans the whole run, warm-up included, so that it is already 1.1%
@@ -38,3 +55,6 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.01, by_epoch=True, begin=0,
          convert_to_iter_based=True),
 ]
+
+# the released main.py seeds each process with 0 + its rank
+randomness = dict(seed=0, diff_rank_seed=True)

@@ -2,6 +2,11 @@
 # The recipe of the paper, as released with Swin's detection code: "4conv1fc" box heads
 # (4 shared 3x3 convs + 1 fc, SyncBN) with GIoU loss and decoded-box regression, AdamW,
 # multi-scale training with the DETR-style crop branch (configs/_base_/det_*.py).
+# Values: the authors' configs/asmlp/cascade_mask_rcnn_asmlp_tiny_patch4_shift5_mstrain_
+# 480-800_giou_4conv1f_adamw_1x_coco.py (svip-lab/AS-MLP-Object-Detection): C 96, depths
+# 2-2-6-2, shift size 5, drop path 0.1. Its model base (cascade_mask_rcnn_asmlp_fpn.py) is
+# missing from the release; mmdet's cascade-mask-rcnn_r50_fpn.py equals Swin's
+# cascade_mask_rcnn_swin_fpn.py, which the release carries, in every value used here.
 _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
     '../_base_/det_coco-instance_ms-crop_adamw-1x.py',
@@ -20,8 +25,9 @@ model = dict(
         _delete_=True,
         type='ASMLP',
         arch='tiny',
+        shift_size=5,
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
+        drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[embed_dims * 2**i for i in range(4)]),
     roi_head=dict(bbox_head=[

@@ -1,8 +1,12 @@
 # UperNet + AS-MLP-T on ADE20K (150 classes), the paper's recipe (Swin's): 512x512 crops of
 # images resized to 2048x512 x [0.5, 2.0], 160k iterations at batch 16 (8 GPUs x 2), AdamW
 # lr 6e-5, weight decay 0.01 (none on the backbone's norms), 1500 linear warm-up iterations
-# then poly (power 1). FCN auxiliary head on stage 3. Single-scale mIoU by default;
-# `tools/test.py CONFIG CKPT --tta` gives the multi-scale + flip mIoU of the paper.
+# over a poly (power 1) decay that spans all 160k. FCN auxiliary head on stage 3, float32.
+# Single-scale mIoU by default; `tools/test.py CONFIG CKPT --tta` gives the multi-scale + flip
+# mIoU of the paper. Values: the authors' configs/asmlp/upernet_asmlp_tiny_patch4_shift5_
+# 512x512_160k_ade20k.py (svip-lab/AS-MLP-Semantic-Segmentation, mmseg 0.x): C 96, depths
+# 2-2-6-2, shift size 5, drop path 0.3; its model base (upernet_asmlp.py) is missing from
+# the release, the heads here are those of the release's upernet_swin.py (mmseg's own).
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
@@ -29,6 +33,7 @@ model = dict(
         _delete_=True,
         type='ASMLP',
         arch='tiny',
+        shift_size=5,
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
@@ -36,16 +41,22 @@ model = dict(
                      num_classes=150),
     auxiliary_head=dict(in_channels=embed_dims * 4, num_classes=150))
 
+# float32, as the released runs (no apex here); the constructor lets --amp (ours, mmseg's)
+# fall back to bfloat16 autocast where AmpOptimWrapper cannot run (asmlp_mm.compat)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    constructor='AmpFallbackOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     # every norm of the backbone has "norm" in its name (GroupNorm, one group)
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
 
+# mmcv's poly schedule with linear warm-up, as released: the poly decay spans all 160k
+# iterations and the warm-up factor multiplies it over the first 1500 (mmengine multiplies
+# overlapping schedulers, so this is mmcv's rate at every iteration)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=0, end=160000),
 ]
 
 # 8 GPUs x 2 images (tools/train.py --auto-scale-lr scales lr to another total batch)
