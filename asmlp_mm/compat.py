@@ -18,14 +18,14 @@ from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_availa
 from mmengine.logging import print_log
 from mmengine.model.wrappers import MMDistributedDataParallel
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import (MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
-                               DefaultScope)
+from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint_io import (CheckpointError, CheckpointNotFoundError,  # noqa: F401
                             load_local_checkpoint, load_url_checkpoint)
 from .ops.pointwise import is_channels_last, is_traced
+from .ops.torch_compat import TORCH_VERSION
 
 
 def silence_pkg_resources_warning() -> None:
@@ -43,7 +43,7 @@ def silence_pkg_resources_warning() -> None:
 #: AS-MLP that is the first norm after frozen layers, e.g. with ``frozen_stages >= 0``
 #: (seen on torch 2.11 and 2.13; 2.14.1 works). Remove with the hook below once torch >= 2.14
 #: is required.
-GROUP_NORM_NEEDS_INPUT_GRAD = torch.__version__ < '2.14'
+GROUP_NORM_NEEDS_INPUT_GRAD = TORCH_VERSION < (2, 14)
 
 
 def _group_norm_input_with_grad(module: nn.GroupNorm, args):
@@ -297,7 +297,7 @@ class AmpFallbackOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``AmpOptimWrapper`` as configured where it runs (:func:`amp_device_available`);
     - elsewhere an :class:`AutocastOptimWrapper` in bfloat16, which has float32's range and
       needs no loss scaling, over the submodules of :data:`CPU_AUTOCAST_ONLY` for the
-      toolbox of the run (its default scope), said once in the log;
+      toolbox that the model's class comes from, said once in the log;
     - another wrapper type, which a derived config or ``--cfg-options`` switches to
       (``optim_wrapper.type=OptimWrapper`` trains in float32), is built without the
       inherited :data:`AMP_ONLY_ARGS` that it does not take.
@@ -309,13 +309,13 @@ class AmpFallbackOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         cfg = dict(self.optim_wrapper_cfg)
         if cfg.get('type') == 'AmpOptimWrapper' and not amp_device_available():
             inner = getattr(model, 'module', model)
-            scope = DefaultScope.get_current_instance()
-            modules = _autocast_only(scope and scope.scope_name,
+            modules = _autocast_only(_toolbox(inner),
                                      lambda name: getattr(inner, name, None) is not None)
             cfg.update(type='AutocastOptimWrapper', dtype='bfloat16')
             if modules is not None:
                 cfg['modules'] = modules
-            part = 'the whole model' if modules is None else ' and '.join(modules)
+            part = ('the whole model' if modules is None
+                    else ' and '.join(modules) or 'no part of the model')
             print_log(f'AmpOptimWrapper needs a CUDA, NPU, MLU or MUSA device and there is '
                       f'none: mixed precision runs as bfloat16 autocast of {part} '
                       f'(AutocastOptimWrapper), without loss scaling; '
@@ -364,6 +364,16 @@ CPU_AUTOCAST_ONLY = {'mmdet': ('backbone', 'neck')}
 def _autocast_only(scope: Optional[str], has: Callable[[str], bool]) -> Optional[List[str]]:
     names = CPU_AUTOCAST_ONLY.get(scope)
     return None if names is None else [name for name in names if has(name)]
+
+
+def _toolbox(model: nn.Module) -> Optional[str]:
+    """The toolbox of :data:`CPU_AUTOCAST_ONLY` that the class of ``model``, or one of its
+    bases, comes from (a run's default scope may be another run's, in one process)."""
+    for cls in type(model).__mro__:
+        package = cls.__module__.partition('.')[0]
+        if package in CPU_AUTOCAST_ONLY:
+            return package
+    return None
 
 
 def cpu_autocast_modules(cfg) -> Optional[List[str]]:

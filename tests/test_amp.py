@@ -20,14 +20,28 @@ FALLBACK = 'AmpFallbackOptimWrapperConstructor'
 LOG_LINE = 'AmpOptimWrapper needs a CUDA, NPU, MLU or MUSA device and there is none'
 
 
-class Detector(torch.nn.Module):
-    """Submodules named as an mmdet detector's."""
+class Parts(torch.nn.Module):
+    """A model with the submodules of a detector (not an mmdet model)."""
 
     def __init__(self):
         super().__init__()
         self.backbone = torch.nn.Linear(4, 4)
         self.neck = torch.nn.Linear(4, 4)
         self.rpn_head = torch.nn.Linear(4, 2)
+
+
+def mmdet_detector():
+    """The same, as an mmdet detector (a subclass of mmdet's BaseDetector)."""
+    from mmdet.models.detectors.base import BaseDetector
+
+    class Detector(BaseDetector):
+        loss = predict = _forward = extract_feat = None
+
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.neck, self.rpn_head = Parts().children()
+
+    return Detector()
 
 
 def amp_cfg(**kwargs):
@@ -46,16 +60,16 @@ def logged(tmp_path, build, before=lambda: None):
     return result, log_file.read_text().splitlines()
 
 
-@pytest.mark.parametrize('scope, modules', [('mmdet', ['backbone', 'neck']),
-                                            ('mmpretrain', None)])
-def test_amp_config_becomes_bfloat16_autocast_without_cuda(monkeypatch, tmp_path, scope,
+@pytest.mark.parametrize('detector, modules', [(True, ['backbone', 'neck']), (False, None)])
+def test_amp_config_becomes_bfloat16_autocast_without_cuda(monkeypatch, tmp_path, detector,
                                                            modules):
     """Without a device for AmpOptimWrapper: bfloat16 autocast without loss scaling, of the
-    backbone and the neck only in mmdet runs (mmcv's CPU nms and RoIAlign take float32),
-    said once in the log; the other wrapper arguments stay."""
+    backbone and the neck only for mmdet models (mmcv's CPU nms and RoIAlign take float32),
+    said once in the log; the other wrapper arguments stay. What counts is the model, not
+    the default scope left by another run."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    model = Detector()
-    with DefaultScope.overwrite_default_scope(scope):
+    model = mmdet_detector() if detector else Parts()
+    with DefaultScope.overwrite_default_scope('mmpretrain' if detector else 'mmdet'):
         wrapper, lines = logged(tmp_path, lambda: build_optim_wrapper(model, amp_cfg()))
     assert type(wrapper) is AutocastOptimWrapper
     assert wrapper.cast_dtype == torch.bfloat16 and wrapper.modules == modules
