@@ -3,6 +3,9 @@ import glob
 import json
 import os
 import os.path as osp
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -431,3 +434,25 @@ def test_demo_runs_with_mmdets_own_train_tool(shapes_coco, tmp_path):
                    threads=1)
     assert 'coco/bbox_mAP' in out
     assert osp.isfile(osp.join(work, 'epoch_1.pth'))
+
+
+def test_mmdets_own_test_tool_refuses_a_checkpoint_of_another_model(shapes_coco, tmp_path):
+    """The fit checks are hooks of the configs (configs/_base_/asmlp_runtime.py), so
+    mmdet's packaged tools refuse a checkpoint that does not fit, as ours do; without them
+    mmdet loads it non-strictly with warnings and evaluates a partly random model."""
+    import mmdet
+    tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'backbone.patch_embed.proj.weight': torch.zeros(8, 3, 2, 2)}},
+               other)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [ROOT, os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run(
+        [sys.executable, tool, DEMO, str(other), '--work-dir', str(tmp_path / 'work'),
+         *data_options(shapes_coco)], cwd=str(tmp_path), env=env, capture_output=True,
+        text=True)
+    assert result.returncode != 0
+    assert re.search(r"CheckpointMismatchError: checkpoint '.*other\.pth' does not fit",
+                     result.stderr), result.stderr[-3000:]
+    assert 'backbone.patch_embed.proj.weight' in result.stderr
+    assert 'Epoch(test)' not in result.stdout + result.stderr  # refused before testing

@@ -233,7 +233,20 @@ def test_fits_hook_for_fine_tuning_refuses_only_a_checkpoint_of_which_nothing_lo
                                              'head.bias': torch.zeros(5)})
     CheckpointFitsHook(exact=False).after_load_checkpoint(runner, {'state_dict': other_head})
     with pytest.raises(CheckpointMismatchError, match='shape of head.weight'):
-        CheckpointFitsHook().after_load_checkpoint(runner, {'state_dict': other_head})
+        CheckpointFitsHook(exact=True).after_load_checkpoint(runner, {'state_dict': other_head})
+    # by default (as the configs list it) exact unless training starts from load_from
+    from mmengine.runner import EpochBasedTrainLoop
+    train_loop = EpochBasedTrainLoop.__new__(EpochBasedTrainLoop)  # a built train loop
+    for loop, resume, exact in ((train_loop, False, False), (train_loop, True, True),
+                                (dict(type='EpochBasedTrainLoop'), False, True), (None, False,
+                                                                                 True)):
+        runner = SimpleNamespace(model=model, cfg=Config(dict(load_from='x.pth')),
+                                 _train_loop=loop, _resume=resume)
+        if exact:
+            with pytest.raises(CheckpointMismatchError, match='shape of head.weight'):
+                CheckpointFitsHook().after_load_checkpoint(runner, {'state_dict': other_head})
+        else:
+            CheckpointFitsHook().after_load_checkpoint(runner, {'state_dict': other_head})
     bare = {'weight': torch.zeros(4, 3), 'bias': torch.zeros(4)}
     with pytest.raises(CheckpointMismatchError, match=r"(?s)not one of its weights would load.*"
                        r"weights of the model's 'backbone' only; load them into it with "

@@ -130,27 +130,19 @@ def shutdown_distributed():
         _distributed_run = True
 
 
-def run_loop(run, runner, exact_checkpoint: bool = True, evaluator: str = ''):
+def run_loop(run, runner, evaluator: str = ''):
     """``run()`` (``runner.train`` or ``runner.test``), then :func:`shutdown_distributed`.
 
-    The checkpoint the runner loads (``load_from``, or the one it resumes from) is checked
-    first (``CheckpointFitsHook``): one that is broken or of another model ends the program
-    with a message naming the file and the mismatched keys, instead of a half-loaded model
-    or a failure deep inside the optimizer state. Without ``exact_checkpoint`` (training
-    that starts from ``load_from``), only one of which no weight fits is refused. A model
-    whose parts do not fit together or the dataset (``ModelFitsHook``) ends it likewise, and
-    so does missing or bad data found by the checked datasets (``DataError``) and a missing
+    The fit checks that every config lists in ``custom_hooks``
+    (configs/_base_/asmlp_runtime.py) raise on a checkpoint or a model that does not fit;
+    they, missing or bad data found by the checked datasets (``DataError``) and a missing
     annotation file of the ``evaluator`` the run builds ('val_evaluator' or
-    'test_evaluator'; :func:`missing_evaluator_file`); resuming
-    with another number of processes is a warning (``ProcessCountHook``).
+    'test_evaluator'; :func:`missing_evaluator_file`) end the program with their message
+    instead of a traceback.
     """
     from asmlp_mm.compat import CheckpointError
     from asmlp_mm.datasets.checks import DataError
-    from asmlp_mm.engine import (CheckpointFitsHook, CheckpointMismatchError,
-                                 ConfigMismatchError, ModelFitsHook, ProcessCountHook)
-    runner.register_hook(CheckpointFitsHook(exact=exact_checkpoint), priority='VERY_HIGH')
-    runner.register_hook(ModelFitsHook(), priority='VERY_HIGH')
-    runner.register_hook(ProcessCountHook())
+    from asmlp_mm.engine import CheckpointMismatchError, ConfigMismatchError
     try:
         return run()
     except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:

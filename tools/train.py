@@ -56,7 +56,7 @@ def main():
     runner = Runner.from_cfg(cfg)
     # the training state of another model would fail later and less clearly; fine-tuning
     # from load_from may leave out a few weights, not all
-    run_loop(runner.train, runner, exact_checkpoint=cfg.resume, evaluator='val_evaluator')
+    run_loop(runner.train, runner, evaluator='val_evaluator')
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ from typing import List, Optional
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.registry import HOOKS
 
 from ..checkpoint_io import CheckpointError, load_local_checkpoint
 
@@ -230,6 +231,14 @@ def load_fitting_weights(module, path: str, what: str, prefix: str = '',
     return list(missing)
 
 
+def starts_from_load_from(runner) -> bool:
+    """Whether the runner trains from ``load_from`` rather than testing or resuming (a
+    train loop is built only by ``runner.train()``)."""
+    from mmengine.runner import BaseLoop
+    return isinstance(runner._train_loop, BaseLoop) and not runner._resume
+
+
+@HOOKS.register_module()
 class CheckpointFitsHook(Hook):
     """Refuses a checkpoint that does not fit the model, when the runner loads it.
 
@@ -238,16 +247,17 @@ class CheckpointFitsHook(Hook):
     sees the checkpoint once the runner has read it and before it goes into the model
     (``after_load_checkpoint``, so the file is read once) and raises
     :class:`CheckpointMismatchError` listing the missing, unexpected and mis-shaped keys.
-    Register it with ``runner.register_hook(CheckpointFitsHook(), 'VERY_HIGH')``.
+    The configs list it in ``custom_hooks``, so every tool that runs them (this
+    repository's, mmdet's, mmseg's, mmpretrain's, ``mim``) checks.
 
     Args:
-        exact (bool): Refuse any mismatch (testing, resuming). False refuses only a
-            checkpoint of which not one weight would load (fine-tuning from ``load_from``
-            may leave out a few, e.g. a classifier head of another number of classes).
-            Defaults to True.
+        exact (bool, optional): Refuse any mismatch. False refuses only a checkpoint of
+            which not one weight would load (fine-tuning from ``load_from`` may leave out a
+            few, e.g. a classifier head of another number of classes). Defaults to None:
+            exact when testing or resuming, not when training starts from ``load_from``.
     """
 
-    def __init__(self, exact: bool = True):
+    def __init__(self, exact: Optional[bool] = None):
         self.exact = exact
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
@@ -262,7 +272,8 @@ class CheckpointFitsHook(Hook):
                 f'tools/model_converters/asmlp_to_mm.py and load the result')
         what = f'the model of this config ({type(model).__name__})'
         state = checkpoint_state_dict(checkpoint, source)
-        if self.exact:
+        exact = self.exact if self.exact is not None else not starts_from_load_from(runner)
+        if exact:
             check_fits(model, state, source, what)
             return
         model_state = model.state_dict()
@@ -274,6 +285,7 @@ class CheckpointFitsHook(Hook):
                 hint=prefix_hint(model_state, state)))
 
 
+@HOOKS.register_module()
 class ProcessCountHook(Hook):
     """Records the number of processes in each checkpoint (``meta['world_size']``) and
     warns when a run resumes with another number.

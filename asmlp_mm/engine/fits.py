@@ -11,6 +11,7 @@ stride 4 trains and evaluates with anchors that cover a quarter of the image.
 from typing import List, Optional, Sequence
 
 from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 from torch import nn
 
 from ..models import ASMLP
@@ -123,6 +124,7 @@ def _decode_head_problems(head, key: str, channels: List[int]) -> List[str]:
     return []
 
 
+@HOOKS.register_module()
 class ModelFitsHook(Hook):
     """Refuses, when a run starts, a config whose parts do not fit together.
 
@@ -134,9 +136,8 @@ class ModelFitsHook(Hook):
       mmpretrain's data preprocessor) against the classes of the dataset (its metainfo);
       mmdet's RPN, which has one objectness class, is left out.
 
-    Raises :class:`ConfigMismatchError` naming the config entries. tools/train.py and
-    tools/test.py register it; elsewhere ``runner.register_hook(ModelFitsHook(),
-    'VERY_HIGH')``.
+    Raises :class:`ConfigMismatchError` naming the config entries. The configs list it in
+    ``custom_hooks``.
     """
 
     def before_run(self, runner) -> None:

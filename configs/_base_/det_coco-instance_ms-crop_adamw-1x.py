@@ -10,6 +10,7 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    './asmlp_runtime.py',
 ]
 custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.coco_dataset'],
                       allow_failed_imports=False)

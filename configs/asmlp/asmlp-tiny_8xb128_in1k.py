@@ -12,6 +12,7 @@ _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
+    '../_base_/asmlp_runtime.py',
 ]
 
 # ImageNet with checks of the list files and images (asmlp_mm/datasets/imagenet.py)

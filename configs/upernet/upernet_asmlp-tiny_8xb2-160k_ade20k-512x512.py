@@ -9,7 +9,8 @@
 # the release, the heads here are those of the release's upernet_swin.py (mmseg's own).
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    '../_base_/asmlp_runtime.py'
 ]
 custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.ade'],
                       allow_failed_imports=False)
