@@ -22,6 +22,7 @@ OMP_NUM_THREADS to choose otherwise.
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import re
@@ -138,7 +139,11 @@ def run_task(task, work_root):
     init = osp.join(work_dir, 'init.pth')
     sys.path.insert(0, ROOT)
     from asmlp_mm.analysis import save_initial_weights
-    save_initial_weights(osp.join(ROOT, config), init)
+    logging.disable(logging.INFO)  # mmengine's table of every initialized weight
+    try:
+        save_initial_weights(osp.join(ROOT, config), init)
+    finally:
+        logging.disable(logging.NOTSET)
     results['before training'] = evaluate(config, init, work_dir, 'init')
     scale = TO_PERCENT[task]
     results = {name: {k: v * scale if k in keys else v for k, v in row.items()}
