@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
 
+from .ops.torch_compat import weights_only_globals
+
 
 class CheckpointError(RuntimeError):
     """A file given as a checkpoint cannot be read as one."""
@@ -139,9 +141,8 @@ def _allowed_globals() -> dict:
     that torch's ``weights_only`` loading allows (tensors, storages, dtypes, OrderedDict,
     ..., and what ``torch.serialization.add_safe_globals`` added) and
     :func:`_mmengine_globals`."""
-    from torch import _weights_only_unpickler
-    allowed = dict(_weights_only_unpickler._get_allowed_globals())
-    for entry in list(torch.serialization.get_safe_globals()) + _mmengine_globals():
+    allowed = weights_only_globals()
+    for entry in _mmengine_globals():
         obj, path = entry if isinstance(entry, tuple) else (
             entry, f'{entry.__module__}.{entry.__qualname__}')
         allowed[path] = obj

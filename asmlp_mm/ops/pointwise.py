@@ -36,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
+from .torch_compat import get_autocast_dtype, is_autocast_enabled, is_compiling, is_exporting
+
 #: Rows (pixels) of a block that stays in the CPU caches: 4096 rows of a 4x-wide hidden
 #: activation of 96 channels are 6 MB. Used by :func:`channel_mlp` and by the chunked
 #: inference of :class:`~asmlp_mm.models.ASMLP`.
@@ -63,7 +65,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def is_traced() -> bool:
     """Whether a tracer, compiler or exporter is recording the computation."""
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+            or is_compiling() or is_exporting())
 
 
 def may_overwrite(x: torch.Tensor) -> bool:
@@ -200,8 +202,8 @@ def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> Optional[torch.dtype]:
     """The dtype a 1x1 convolution of ``x`` runs in: autocast's in an autocast region
     (as ``F.linear`` there), else that of ``x`` and the weight; ``None`` where these
     differ."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    if is_autocast_enabled(x.device.type):
+        return get_autocast_dtype(x.device.type)
     return x.dtype if conv.weight.dtype == x.dtype else None
 
 

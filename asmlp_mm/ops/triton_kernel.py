@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from .switch import KernelSwitch
+from .torch_compat import OutOfMemoryError
 
 try:
     import triton
@@ -131,7 +132,7 @@ def try_axial_gather(x: torch.Tensor, dim: int, group_ends: Sequence[int],
     raised as it is."""
     try:
         return axial_gather(x, dim, group_ends, shifts, index)
-    except torch.OutOfMemoryError:
+    except OutOfMemoryError:
         raise
     except Exception as err:  # a compiler's or driver's error, of whatever type
         _switch.on = False

@@ -17,6 +17,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -42,6 +43,17 @@ namespace {
 // torch.profiler sees them exactly as it sees that allocator's.
 constexpr size_t kHugePage = size_t(2) << 20;
 
+// torch < 2.3: Allocator::allocate is const and there is no copy_data to implement. The
+// only version switches of the kernel (asmlp_mm/ops/torch_compat.py has the Python ones);
+// they go once torch >= 2.3 is required.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define ASMLP_MM_ALLOCATOR_2_3 1
+#define ASMLP_MM_ALLOCATE_CONST
+#else
+#define ASMLP_MM_ALLOCATOR_2_3 0
+#define ASMLP_MM_ALLOCATE_CONST const
+#endif
+
 bool huge_pages_wanted() {
   static const bool wanted = [] {
     const char* value = std::getenv("ASMLP_MM_HUGE_PAGES");
@@ -59,7 +71,7 @@ void release_huge(void* data) {
 }
 
 struct HugePageAllocator final : c10::Allocator {
-  c10::DataPtr allocate(size_t bytes) override {
+  c10::DataPtr allocate(size_t bytes) ASMLP_MM_ALLOCATE_CONST override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (bytes == 0) return c10::DataPtr(nullptr, cpu);
     void* data = nullptr;
@@ -77,9 +89,11 @@ struct HugePageAllocator final : c10::Allocator {
 
   c10::DeleterFnPtr raw_deleter() const override { return &release_huge; }
 
+#if ASMLP_MM_ALLOCATOR_2_3
   void copy_data(void* dest, const void* src, size_t count) const override {
     default_copy_data(dest, src, count);
   }
+#endif
 };
 
 at::Tensor empty_output(const at::Tensor& like, at::MemoryFormat format) {

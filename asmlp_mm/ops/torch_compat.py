@@ -1,0 +1,116 @@
+"""What differs between the torch releases asmlp_mm supports (2.1 to 2.15), in one place.
+
+Each name here is what a recent torch offers, with the stand-in that older releases need;
+each says which releases need the stand-in, so that it can go once the lower bound in
+``pyproject.toml`` passes them. The rest of the package imports these names instead of
+asking torch's version itself. (The C++ kernel has its own two version switches, in
+``csrc/axial_shift.cpp``.)
+
+What works only on a newer torch than the oldest supported is listed in
+:data:`NEEDS_NEWER_TORCH`, and :func:`too_old_for` says so in one sentence (the tests of
+such a feature skip with it).
+"""
+import codecs
+import re
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+
+def _release(version: str) -> Tuple[int, int]:
+    """(major, minor) of a torch version string ('2.1.2+cu121' -> (2, 1))."""
+    match = re.match(r'(\d+)\.(\d+)', version)
+    if match is None:
+        raise ValueError(f'not a torch version: {version!r}')
+    return int(match.group(1)), int(match.group(2))
+
+
+#: (major, minor) of the installed torch, for comparisons (strings compare '2.9' > '2.14')
+TORCH_VERSION = _release(torch.__version__)
+
+#: what needs a newer torch than the oldest supported: feature -> (oldest release, why)
+NEEDS_NEWER_TORCH = {
+    'torch.compile(fullgraph=True)': (
+        (2, 4), 'dynamo before torch 2.4 traces no autograd.Function in the setup_context form '
+                '(the axial shift\'s, in training), and on torch 2.1 not the fast paths\' '
+                'hook checks either: torch.compile works there, with graph breaks'),
+    'copy-on-write clones': (
+        (2, 3), 'torch 2.3 brought lazy clones (torch._lazy_clone), and with them the '
+                'allocator method that lets them copy the CPU kernel\'s huge-page outputs'),
+}
+
+
+def too_old_for(feature: str) -> Optional[str]:
+    """Why the installed torch is too old for ``feature`` (a key of
+    :data:`NEEDS_NEWER_TORCH`), or ``None`` where it is new enough."""
+    need, why = NEEDS_NEWER_TORCH[feature]
+    if TORCH_VERSION >= need:
+        return None
+    return f'{feature} needs torch >= {need[0]}.{need[1]}, this is {torch.__version__}: {why}'
+
+
+# torch < 2.3 has no torch.compiler.is_compiling. torch._utils.is_compiling is the same
+# flag there: dynamo reads it as True while it traces (the very function, so it is bound
+# here, not wrapped).
+is_compiling: Callable[[], bool] = getattr(torch.compiler, 'is_compiling',
+                                           torch._utils.is_compiling)
+
+
+def _not_exporting() -> bool:
+    return False
+
+
+# torch < 2.7 has no torch.compiler.is_exporting. Its torch.export traces with dynamo, so
+# is_compiling() is True inside it, which is all that the callers need.
+is_exporting: Callable[[], bool] = getattr(torch.compiler, 'is_exporting', _not_exporting)
+
+
+def is_autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` ('cpu', 'cuda', ...)."""
+    if TORCH_VERSION >= (2, 4):
+        return torch.is_autocast_enabled(device_type)
+    # torch < 2.4: one function per device (CPU and CUDA asked here; others read as off)
+    if device_type == 'cpu':
+        return torch.is_autocast_cpu_enabled()
+    if device_type == 'cuda':
+        return torch.is_autocast_enabled()
+    return False
+
+
+def get_autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype autocast computes in on ``device_type`` (when it is on)."""
+    if TORCH_VERSION >= (2, 4):
+        return torch.get_autocast_dtype(device_type)
+    # torch < 2.4: one function per device
+    return (torch.get_autocast_cpu_dtype() if device_type == 'cpu'
+            else torch.get_autocast_gpu_dtype())
+
+
+# torch < 2.4 has the CUDA one only (torch.OutOfMemoryError is the same class since)
+OutOfMemoryError = getattr(torch, 'OutOfMemoryError', torch.cuda.OutOfMemoryError)
+
+
+def weights_only_globals() -> Dict[str, object]:
+    """'module.qualname' -> object, for every class and function that torch's weights-only
+    unpickler loads: its own list and what ``torch.serialization.add_safe_globals`` added
+    (torch < 2.4 has no way to add any). torch < 2.5 lists no ``_codecs.encode``, which
+    pickles bytes (numpy arrays' data among them), and gets it here."""
+    from torch import _weights_only_unpickler
+    allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    allowed.setdefault('_codecs.encode', codecs.encode)
+    get_safe_globals = getattr(torch.serialization, 'get_safe_globals', lambda: [])
+    for entry in get_safe_globals():
+        obj, path = entry if isinstance(entry, tuple) else (
+            entry, f'{entry.__module__}.{entry.__qualname__}')
+        allowed[path] = obj
+    return allowed
+
+
+def grad_scaler(device_type: str = 'cuda', **kwargs):
+    """A ``GradScaler`` for ``device_type``; torch < 2.3 has ``torch.cuda.amp``'s only."""
+    if hasattr(torch.amp, 'GradScaler'):
+        return torch.amp.GradScaler(device_type, **kwargs)
+    if device_type != 'cuda':
+        raise RuntimeError(f'a GradScaler for {device_type!r} needs torch >= 2.3, this is '
+                           f'{torch.__version__}')
+    return torch.cuda.amp.GradScaler(**kwargs)
