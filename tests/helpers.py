@@ -1,17 +1,35 @@
 """Helpers of the tests: running the tools (train.py, test.py, the dist scripts) in
-subprocesses, random model weights, and this process's memory mappings. pytest puts this
-folder on ``sys.path``:
-``from helpers import run_tool``."""
+subprocesses, random model weights, this process's memory mappings, and the skip markers of
+tests that need a newer torch or a package that a CI leg lacks. pytest puts this folder on
+``sys.path``: ``from helpers import run_tool``."""
+import importlib.util
 import os
 import os.path as osp
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from asmlp_mm.ops.torch_compat import too_old_for
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
+
+
+def needs_newer_torch(feature: str):
+    """Skip marker of a test of ``feature`` (a key of
+    :data:`asmlp_mm.ops.torch_compat.NEEDS_NEWER_TORCH`) on a torch too old for it."""
+    reason = too_old_for(feature)
+    return pytest.mark.skipif(reason is not None, reason=reason or '')
+
+
+def needs_packages(*names: str):
+    """Skip marker of a test that needs these packages where one is missing: the torch 2.1
+    leg of the CI (tools/ci/torch21.sh) has mmcv-lite, without mmdet and mmseg."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(bool(missing), reason=f'{", ".join(missing)} not installed')
 
 
 def run_tool(*args, cwd, env=None, threads=None):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import needs_packages
 from mmengine.config import Config
 
 from asmlp_mm.analysis import build_model_from_config
@@ -366,20 +367,24 @@ def check_dense_conversion(tmp_path, base, heads_fn, prefix_task, seg=False):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@needs_packages('mmdet')
 def test_det_cascade_mmdet2_to_mmdet3(tmp_path):
     check_dense_conversion(
         tmp_path, CASCADE_NARROW,
         lambda dims: mmdet2_cascade_mask_rcnn(dims, num_classes=3, width=32, fc=128), 'det')
 
 
+@needs_packages('mmdet')
 def test_det_mask_rcnn_mmdet2_to_mmdet3(tmp_path):
     check_dense_conversion(tmp_path, MASK_T, mmdet2_mask_rcnn, 'det')
 
 
+@needs_packages('mmseg')
 def test_seg_upernet_mmseg0_to_mmseg1(tmp_path):
     check_dense_conversion(tmp_path, UPERNET_T, mmseg0_upernet, 'seg', seg=True)
 
 
+@needs_packages('mmdet')
 def test_det_against_wrong_config_fails(tmp_path):
     dims = [10 * 2**i for i in range(4)]
     state = OrderedDict(with_prefix('backbone.', published(
@@ -435,7 +440,8 @@ def test_publish_model_keeps_weights_and_meta_for_loaders_without_asmlp_mm(tmp_p
         return subprocess.run([sys.executable, '-c', WEIGHTS_ONLY_LOAD, str(path)],
                               capture_output=True, text=True)
 
-    assert 'Unsupported global' in plain_load(source).stderr  # the failure fixed here
+    # the failure fixed here ('Unsupported class' before torch 2.4, 'Unsupported global' since)
+    assert 'Unsupported' in plain_load(source).stderr
     result = subprocess.run([sys.executable, PUBLISH, str(source), str(tmp_path / 'out.pth')],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -474,8 +480,7 @@ def test_publish_model_refuses_what_is_not_a_training_checkpoint(tmp_path):
             (good, str(tmp_path / 'o.pt'), 'suffixes .pth'),
             (good, '', 'no file name given'),
             (good, str(tmp_path / 'file' / 'o.pth'), 'is not a writable folder'),
-            (numpy_meta, out, 'still does not load weights-only: Unsupported global: '
-                              'GLOBAL numpy')):
+            (numpy_meta, out, 'still does not load weights-only: Unsupported ')):
         result = subprocess.run([sys.executable, PUBLISH, str(source), target],
                                 capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

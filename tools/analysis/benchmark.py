@@ -227,8 +227,9 @@ class Runner:
                                     generator=generator).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9) if params else None
+        from asmlp_mm.ops.torch_compat import grad_scaler
         use_scaler = amp and self.device.type == 'cuda'
-        self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
+        self.scaler = grad_scaler('cuda') if use_scaler else None
 
     def autocast(self):
         if self.amp and self.device.type == 'cpu' and self.cpu_autocast_only:
