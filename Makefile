@@ -2,9 +2,11 @@
 # make demo      the main job: tiny detection + segmentation train/test (python tools/demo.py cls: classification)
 # make test      the full test suite
 # make test-avx2 the CPU fast-path and device tests as an AVX2-only CPU runs them
+# make test-torch21  the backbone, shift, classification and converter tests on torch 2.1.2
+#                    (a venv of its own, cached in ~/.cache/asmlp_mm: tools/ci/torch21.sh)
 PY := .venv/bin/python
 
-.PHONY: install demo test test-avx2 clean
+.PHONY: install demo test test-avx2 test-torch21 clean
 install:
 	bash tools/install.sh
 
@@ -23,6 +25,9 @@ test-avx2: install
 	r(d, p) for d in (torch.float32, torch.bfloat16) for p in (False, True)})"
 	$(AVX2) $(PY) -m pytest -q tests/test_pointwise.py tests/test_fast_paths.py \
 	tests/test_devices.py tests/test_benchmark.py
+
+test-torch21:
+	bash tools/ci/torch21.sh
 
 clean:
 	rm -rf work_dirs data/demo
