@@ -182,14 +182,19 @@ def test_gpu_check_script_calls_the_tools_as_they_are(tmp_path):
     targets = [t for t in tests[0] if t.startswith('tests/')]
     assert targets and all(osp.isfile(osp.join(ROOT, t)) for t in targets)
     runs = [a[1:] for a in argv if a[0] == 'tools/analysis/benchmark.py']
-    assert len(runs) == 4  # --compare, the backbone in fp32 and AMP, the compiled models
+    # --compare, the backbone in fp32 and AMP, the paper's throughput of T, S and B, the
+    # compiled models
+    assert len(runs) == 7
     for args in runs:
         parsed = benchmark.parse_args(args)
         assert parsed.device == 'cpu' and parsed.out.startswith(str(out))
         assert parsed.compare or osp.isfile(osp.join(ROOT, parsed.config))
+    assert sorted(osp.basename(args[0]) for args in runs if '--paper-protocol' in args) == [
+        f'asmlp-{arch}_8xb128_in1k.py' for arch in ('base', 'small', 'tiny')]
     assert len(tests) + len(runs) == len(argv)
-    assert sorted(os.listdir(out)) == ['backbone-800x1216-amp.txt', 'backbone-800x1216-fp32.txt',
-                                       'compare.txt', 'compile.txt', 'tests.txt']
+    assert sorted(os.listdir(out)) == [
+        'backbone-800x1216-amp.txt', 'backbone-800x1216-fp32.txt', 'compare.txt', 'compile.txt',
+        *[f'paper-throughput-{arch}.txt' for arch in ('base', 'small', 'tiny')], 'tests.txt']
 
 
 def test_keep_memory_is_applied_and_named_in_the_machine_line(tmp_path):

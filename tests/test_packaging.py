@@ -102,6 +102,7 @@ def test_mmpretrain_model_hub_knows_the_classifiers_by_config_name(tmp_path):
     """After ``import asmlp_mm``: mmpretrain's list_models, get_model and inference_model
     take the zoo's classifier names (the detectors and segmentors are not mmpretrain's)."""
     import asmlp_mm  # noqa: F401
+    from mmengine.registry import DefaultScope
     from mmpretrain import get_model, inference_model, list_models
     assert list_models('*asmlp*') == CLASSIFIERS == sorted(
         metafile_names(osp.join(ROOT, 'configs', 'asmlp', 'metafile.yml')))
@@ -114,6 +115,9 @@ def test_mmpretrain_model_hub_knows_the_classifiers_by_config_name(tmp_path):
     for (key, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(want, got), key
     image = np.random.RandomState(0).randint(0, 255, (64, 80, 3), dtype=np.uint8)
-    result = inference_model('asmlp-tiny_8xb128_in1k', image, pretrained=str(checkpoint))
+    # the inferencer builds its pipeline in the current default scope, which other tests
+    # in this process may have left at mmdet's or mmseg's
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        result = inference_model('asmlp-tiny_8xb128_in1k', image, pretrained=str(checkpoint))
     assert 0 <= result['pred_label'] < 1000 and abs(sum(result['pred_scores']) - 1) < 1e-4
     assert result['pred_class']  # an ImageNet class name, from the config's dataset
