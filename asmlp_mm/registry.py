@@ -7,7 +7,7 @@ The classifiers of the model zoo also join mmpretrain's model hub, so that its
 """
 import importlib
 import os.path as osp
-from typing import List, Optional
+from typing import Optional
 
 from .models import ASMLP
 
@@ -47,21 +47,20 @@ def mim_root() -> Optional[str]:
 CLASSIFIER_METAFILE = osp.join('configs', 'asmlp', 'metafile.yml')
 
 
-def register_model_hub() -> List[str]:
-    """Add the AS-MLP classifiers to mmpretrain's ``ModelHub``; return their names (none
-    where mmpretrain or the metafile is missing, or when they are there already)."""
-    root = mim_root()
+def register_model_hub() -> None:
+    """Add the AS-MLP classifiers to mmpretrain's ``ModelHub`` (nothing where mmpretrain or
+    the metafile is missing)."""
     try:
         from mmpretrain.apis import ModelHub
     except ImportError:
-        return []
+        return
+    root = mim_root()
     if root is None:
-        return []
-    from modelindex.load_model_index import load
-    names = [m.name.lower() for m in load(osp.join(root, CLASSIFIER_METAFILE)).models]
-    if not any(ModelHub.has(name) for name in names):
+        return
+    try:
         ModelHub.register_model_index(osp.join(root, CLASSIFIER_METAFILE), config_prefix=root)
-    return names
+    except ValueError:  # its names are there already: this module was imported again
+        pass
 
 
-MODEL_HUB_NAMES = register_model_hub()
+register_model_hub()
