@@ -8,6 +8,7 @@ comes back as a :class:`ForeignObject`, an inert record of what the file says ab
 nothing the file names is imported, and none of its code runs.
 """
 import _compat_pickle
+import fnmatch
 import os
 import os.path as osp
 import pickle
@@ -15,6 +16,7 @@ import re
 import types
 import urllib.parse
 import zipfile
+from collections import Counter
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -310,3 +312,125 @@ def _unreadable(filename, err):
     return CheckpointError(f'cannot load {filename!r} as a PyTorch checkpoint: expected a file '
                            f'written by torch.save (e.g. by tools/train.py). '
                            f'{type(err).__name__}: {detail}')
+
+
+def state_dict_mismatches(model_state: dict, loaded: dict, optional=()) -> List[str]:
+    """Human-readable differences between a model's state dict and a loaded one.
+
+    Keys matching one of the ``optional`` glob patterns may be absent on either side.
+    """
+    def is_optional(key):
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in optional)
+
+    problems = []
+    for key, value in model_state.items():
+        if key not in loaded:
+            if not is_optional(key):
+                problems.append(f'missing in the checkpoint: {key}')
+        elif tuple(loaded[key].shape) != tuple(value.shape):
+            problems.append(f'shape of {key}: {tuple(loaded[key].shape)} in the checkpoint, '
+                            f'{tuple(value.shape)} in the model')
+    problems += [f'not in the model: {key}' for key in loaded
+                 if key not in model_state and not is_optional(key)]
+    return problems
+
+
+def prefix_in_checkpoint(model_state: dict, loaded: dict) -> Optional[str]:
+    """The prefix under which ``loaded`` holds the model's keys when it holds none of them
+    as they are, else None.
+
+    A detector's checkpoint holds its backbone's weights under 'backbone.': loaded into the
+    backbone without ``prefix='backbone.'``, every key is both missing and unexpected, and
+    the listed problems do not say why. The prefix must hold at least half of the model's
+    keys (a checkpoint of another arch still holds most of them).
+    """
+    if not model_state or any(key in model_state for key in loaded):
+        return None
+    counts = Counter(key[:i + 1] for key in loaded for i, char in enumerate(key)
+                     if char == '.' and key[i + 1:] in model_state)
+    if not counts:
+        return None
+    prefix, count = counts.most_common(1)[0]
+    return prefix if 2 * count >= len(model_state) else None
+
+
+def prefix_hint(model_state: dict, loaded: dict, prefix_option: str = '') -> str:
+    """A sentence naming the prefix that separates the keys of ``loaded`` from the model's,
+    '' where there is none.
+
+    Either the checkpoint holds the model's keys under a prefix (see
+    :func:`prefix_in_checkpoint`; the sentence tells to set it in ``prefix_option``, e.g.
+    'init_cfg', when the caller has one), or the model holds the checkpoint's keys under
+    one: a backbone's checkpoint given to a whole detector, whose keys all start with
+    'backbone.'.
+    """
+    prefix = prefix_in_checkpoint(model_state, loaded)
+    if prefix is not None:
+        hint = (f"none of its keys is one of the model's, but its keys start with "
+                f"{prefix!r} followed by the model's")
+        return hint + (f': set prefix={prefix!r} in {prefix_option}' if prefix_option else '')
+    part = prefix_in_checkpoint(loaded, model_state)  # the model holds the checkpoint
+    if part is None:
+        return ''
+    hint = (f"none of its keys is one of the model's, but the model's keys start with "
+            f"{part!r} followed by the checkpoint's: it holds the weights of the model's "
+            f"{part[:-1]!r} only")
+    if part.count('.') == 1:  # a direct submodule, which takes an init_cfg
+        hint += (f"; load them into it with model.{part}init_cfg=dict(type='Pretrained', "
+                 "checkpoint=...)")
+    return hint
+
+
+def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8,
+                        hint: str = '') -> str:
+    """The error message for ``problems``: at most ``limit`` of them, after the ``hint``
+    (e.g. :func:`prefix_hint`), which the limit must not cut off."""
+    shown = '\n  '.join(problems[:limit])
+    more = f'\n  ... and {len(problems) - limit} more' if len(problems) > limit else ''
+    hint = f'\n  {hint}' if hint else ''
+    return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)'
+            f'{hint}\n  {shown}{more}')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose weights do not fit the model it is loaded into."""
+
+
+def checkpoint_state_dict(checkpoint, source: str, prefix: str = '') -> dict:
+    """The weights of a loaded checkpoint (``module.`` dropped), those under ``prefix``
+    with the prefix removed when one is given."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) \
+        else None
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f'checkpoint {source!r} holds no state dict')
+    state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
+    if prefix:
+        state = {key[len(prefix):]: value for key, value in state.items()
+                 if key.startswith(prefix)}
+    return state
+
+
+def check_fits(module, state: dict, source: str, what: str, optional=(),
+               prefix_option: str = '') -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` fits ``module`` exactly
+    (keys matching the ``optional`` glob patterns may be absent on either side). Where
+    ``state`` holds the module's keys under a prefix, the error names it (and
+    ``prefix_option``, where the caller lets one set it)."""
+    model_state = module.state_dict()
+    problems = state_dict_mismatches(model_state, state, optional)
+    if problems:
+        raise CheckpointMismatchError(describe_mismatches(
+            source, problems, what, hint=prefix_hint(model_state, state, prefix_option)))
+
+
+def load_fitting_weights(module, path: str, what: str, prefix: str = '',
+                         optional=()) -> List[str]:
+    """Load the weights of the checkpoint ``path`` (under ``prefix``) into ``module``,
+    or raise :class:`CheckpointMismatchError` listing what does not fit. Keys matching the
+    ``optional`` glob patterns may be absent on either side; returns the module's keys
+    that the checkpoint did not have (they keep their values)."""
+    state = checkpoint_state_dict(load_local_checkpoint(path, map_location='cpu'), path,
+                                  prefix)
+    check_fits(module, state, path, what, optional=optional)
+    missing, _ = module.load_state_dict(state, strict=False)
+    return list(missing)

@@ -2,9 +2,8 @@
 older torch releases.
 
 Importing :mod:`asmlp_mm` applies :func:`patch_checkpoint_loading` and
-:func:`silence_pkg_resources_warning` and registers the
-classes below; :class:`~asmlp_mm.models.ASMLP` applies :func:`guard_group_norms`. Each item
-says why it exists and when it can go.
+:func:`silence_pkg_resources_warning` and registers the classes below. Each item says why
+it exists and when it can go.
 """
 import inspect
 import warnings
@@ -24,8 +23,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint_io import (CheckpointError, CheckpointNotFoundError,  # noqa: F401
                             load_local_checkpoint, load_url_checkpoint)
-from .ops.pointwise import is_channels_last, is_traced
-from .ops.torch_compat import TORCH_VERSION
 
 
 def silence_pkg_resources_warning() -> None:
@@ -36,40 +33,6 @@ def silence_pkg_resources_warning() -> None:
     importing pkg_resources."""
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                             category=UserWarning)
-
-
-#: PyTorch before 2.14 crashes (segmentation fault) in the CPU backward of GroupNorm when the
-#: input is channels-last and needs no gradient while the norm's weight or bias does. In
-#: AS-MLP that is the first norm after frozen layers, e.g. with ``frozen_stages >= 0``
-#: (seen on torch 2.11 and 2.13; 2.14.1 works). Remove with the hook below once torch >= 2.14
-#: is required.
-GROUP_NORM_NEEDS_INPUT_GRAD = TORCH_VERSION < (2, 14)
-
-
-def _group_norm_input_with_grad(module: nn.GroupNorm, args):
-    """Forward pre-hook: where the crash above would happen, the norm's input goes in as a
-    leaf that requires grad (the same memory, detached), so that the backward takes the
-    path that also computes the input's gradient, which nothing then uses."""
-    x = args[0]
-    if (torch.is_grad_enabled() and x.device.type == 'cpu' and not x.requires_grad
-            and is_channels_last(x)
-            and any(p.requires_grad for p in module.parameters(recurse=False))
-            and not is_traced()):
-        return (x.detach().requires_grad_(), ) + tuple(args[1:])
-    return None
-
-
-# it keeps nothing and changes no value: the fast paths need not make way for it
-_group_norm_input_with_grad.keeps_nothing = True
-
-
-def guard_group_norms(model: nn.Module) -> None:
-    """Give every GroupNorm of ``model`` the hook above, on the torch versions that need it
-    (:data:`GROUP_NORM_NEEDS_INPUT_GRAD`); elsewhere do nothing."""
-    if GROUP_NORM_NEEDS_INPUT_GRAD:
-        for module in model.modules():
-            if isinstance(module, nn.GroupNorm):
-                module.register_forward_pre_hook(_group_norm_input_with_grad)
 
 
 def load_from_local(filename, map_location=None):

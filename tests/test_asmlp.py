@@ -103,8 +103,8 @@ def test_frozen_stages():
 def test_group_norm_guard_leaves_the_fast_paths_on(monkeypatch):
     """The guard's pre-hooks keep nothing: unlike a user's hooks, they do not stop the
     fused paths nor the chunked inference (see the hook tests below)."""
-    from asmlp_mm import compat
-    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
+    from asmlp_mm.ops import torch_compat
+    monkeypatch.setattr(torch_compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
     model = ASMLP(TINY)
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert norms and all(m._forward_pre_hooks for m in norms)
@@ -119,13 +119,13 @@ def test_group_norm_guard_leaves_the_fast_paths_on(monkeypatch):
 def test_group_norm_guard_of_older_torch(monkeypatch, frozen_stages):
     """torch < 2.14 crashes in the CPU GroupNorm backward on a channels-last input that needs
     no gradient; ASMLP then hands its GroupNorms such inputs as leaves that require grad
-    (``asmlp_mm.compat``). Forced on here, it must change no gradient."""
-    from asmlp_mm import compat
-    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', False)
+    (``asmlp_mm.ops.torch_compat``). Forced on here, it must change no gradient."""
+    from asmlp_mm.ops import torch_compat
+    monkeypatch.setattr(torch_compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', False)
     kwargs = dict(out_indices=(0, 1, 2, 3), frozen_stages=frozen_stages, drop_path_rate=0.)
     plain = ASMLP(TINY, **kwargs)
     assert not any(m._forward_pre_hooks for m in plain.modules())
-    monkeypatch.setattr(compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
+    monkeypatch.setattr(torch_compat, 'GROUP_NORM_NEEDS_INPUT_GRAD', True)
     guarded = ASMLP(TINY, **kwargs)
     guarded.load_state_dict(plain.state_dict())
     # the first norm after the frozen layers: what reaches it once the guard has run

@@ -38,9 +38,9 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList, PretrainedInit, initialize
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..compat import guard_group_norms
 from ..ops import axial_shift, check_shift_args
 from ..ops.axial_shift import is_int
+from ..ops.torch_compat import guard_group_norms
 from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
                              hooks_see, is_channels_last, is_traced, may_overwrite,
                              packed_weights, pointwise_conv)
@@ -573,9 +573,8 @@ class ASMLP(BaseModule):
         so."""
         from mmengine.logging import print_log
         from mmengine.runner.checkpoint import _load_checkpoint
-        from ..checkpoint_io import CheckpointNotFoundError
-        from ..engine.checkpoint import (CheckpointMismatchError, check_fits,
-                                         checkpoint_state_dict)
+        from ..checkpoint_io import (CheckpointMismatchError, CheckpointNotFoundError,
+                                     check_fits, checkpoint_state_dict)
         from .weights import (ConversionError, checkpoint_parts, convert_published,
                               is_published_layout, listed)
         if not cfg.get('checkpoint'):

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from . import cpu_kernel, triton_kernel
-from .pointwise import is_traced
+from .torch_compat import is_traced
 
 PADDING_MODES = ('zero', 'replicate', 'reflect', 'circular')
 

@@ -36,7 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
-from .torch_compat import get_autocast_dtype, is_autocast_enabled, is_compiling, is_exporting
+from .torch_compat import (get_autocast_dtype, is_autocast_enabled, is_channels_last,  # noqa: F401
+                           is_traced)
 
 #: Rows (pixels) of a block that stays in the CPU caches: 4096 rows of a 4x-wide hidden
 #: activation of 96 channels are 6 MB. Used by :func:`channel_mlp` and by the chunked
@@ -56,16 +57,6 @@ def no_fusion():
         yield
     finally:
         _FUSION.pop()
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def is_traced() -> bool:
-    """Whether a tracer, compiler or exporter is recording the computation."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or is_compiling() or is_exporting())
 
 
 def may_overwrite(x: torch.Tensor) -> bool:

@@ -15,6 +15,7 @@ import re
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 
 def _release(version: str) -> Tuple[int, int]:
@@ -63,6 +64,16 @@ def _not_exporting() -> bool:
 # torch < 2.7 has no torch.compiler.is_exporting. Its torch.export traces with dynamo, so
 # is_compiling() is True inside it, which is all that the callers need.
 is_exporting: Callable[[], bool] = getattr(torch.compiler, 'is_exporting', _not_exporting)
+
+
+def is_traced() -> bool:
+    """Whether a tracer, compiler or exporter is recording the computation."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or is_compiling() or is_exporting())
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def is_autocast_enabled(device_type: str) -> bool:
@@ -114,3 +125,37 @@ def grad_scaler(device_type: str = 'cuda', **kwargs):
         raise RuntimeError(f'a GradScaler for {device_type!r} needs torch >= 2.3, this is '
                            f'{torch.__version__}')
     return torch.cuda.amp.GradScaler(**kwargs)
+
+
+#: PyTorch before 2.14 crashes (segmentation fault) in the CPU backward of GroupNorm when the
+#: input is channels-last and needs no gradient while the norm's weight or bias does. In
+#: AS-MLP that is the first norm after frozen layers, e.g. with ``frozen_stages >= 0``
+#: (seen on torch 2.11 and 2.13; 2.14.1 works). Remove with the hook below once torch >= 2.14
+#: is required.
+GROUP_NORM_NEEDS_INPUT_GRAD = TORCH_VERSION < (2, 14)
+
+
+def _group_norm_input_with_grad(module: nn.GroupNorm, args):
+    """Forward pre-hook: where the crash above would happen, the norm's input goes in as a
+    leaf that requires grad (the same memory, detached), so that the backward takes the
+    path that also computes the input's gradient, which nothing then uses."""
+    x = args[0]
+    if (torch.is_grad_enabled() and x.device.type == 'cpu' and not x.requires_grad
+            and is_channels_last(x)
+            and any(p.requires_grad for p in module.parameters(recurse=False))
+            and not is_traced()):
+        return (x.detach().requires_grad_(), ) + tuple(args[1:])
+    return None
+
+
+# it keeps nothing and changes no value: the fast paths need not make way for it
+_group_norm_input_with_grad.keeps_nothing = True
+
+
+def guard_group_norms(model: nn.Module) -> None:
+    """Give every GroupNorm of ``model`` the hook above, on the torch versions that need it
+    (:data:`GROUP_NORM_NEEDS_INPUT_GRAD`); elsewhere do nothing."""
+    if GROUP_NORM_NEEDS_INPUT_GRAD:
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.register_forward_pre_hook(_group_norm_input_with_grad)
