@@ -92,6 +92,38 @@ def test_the_docs_paper_figures_are_the_metafiles():
         assert same_figure(written, model.flops, 1e9), (arch, written, model.flops)
 
 
+def heading_anchor(heading):
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def test_the_docs_links_lead_somewhere():
+    """Every relative link of the README and docs/ names a file of the repository and, with
+    a '#', a heading of that file (the sections moved between them)."""
+    pages = ['README.md'] + sorted(
+        osp.join('docs', name) for name in os.listdir(osp.join(ROOT, 'docs'))
+        if name.endswith('.md'))
+    assert heading_anchor('Parameters and FLOPs: `tools/analysis/get_flops.py`') == \
+        'parameters-and-flops-toolsanalysisget_flopspy'
+    checked, broken = 0, []
+    for page in pages:
+        text = re.sub(r'```.*?```', '', read(page), flags=re.S)  # code is not linked
+        for target in re.findall(r'\]\(([^)\s]+)\)', text):
+            if re.match(r'[a-z]+:', target):  # http(s), mailto
+                continue
+            path, _, anchor = target.partition('#')
+            path = osp.normpath(osp.join(osp.dirname(page), path)) if path else page
+            if not osp.exists(osp.join(ROOT, path)):
+                broken.append((page, target))
+            elif anchor:
+                headings = re.findall(r'^#+ (.*)$', read(path), flags=re.M)
+                if anchor not in map(heading_anchor, headings):
+                    broken.append((page, target))
+            checked += 1
+    assert not broken, broken
+    assert checked > 20  # the README alone links every page of docs/
+
+
 def test_ci_runs_the_readme_test_command():
     readme = read('README.md')
     assert 'make test   # the full test suite' in readme
