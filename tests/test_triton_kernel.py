@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asmlp_mm.ops import PADDING_MODES, axial_shift, cpu_kernel, triton_kernel
-from asmlp_mm.ops.axial_shift import _shift_adjoint, gather_plan
+from asmlp_mm.ops.axial_shift import _shift, shift_plan
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
@@ -35,8 +35,8 @@ def pytorch_path(fn, *args):
 
 
 def gather(x, dim, shift_size, dilation, padding, adjoint=False):
-    plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
-    return triton_kernel.axial_gather(x, dim, *plan)
+    plan = shift_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
+    return triton_kernel.axial_gather(x, dim, *plan.tables)
 
 
 def layouts(shape):
@@ -71,7 +71,7 @@ def test_adjoint_plan_matches_pytorch_adjoint():
     for (name, g), dim, (shift_size, dilation) in itertools.product(
             layouts((2, 10, 6, 7)).items(), (2, 3), ((5, 1), (5, 3), (9, 1))):
         out = gather(g, dim, shift_size, dilation, 'zero', adjoint=True)
-        ref = pytorch_path(_shift_adjoint, g, dim, shift_size, dilation, 'zero')
+        ref = pytorch_path(_shift, g, dim, shift_size, dilation, 'zero', True)
         assert torch.equal(out, ref), (name, dim, shift_size, dilation)
 
 
@@ -96,7 +96,7 @@ def test_rows_longer_than_a_block():
 
 def test_bad_plans_raise():
     x = torch.randn(1, 5, 4, 4, device=DEVICE)
-    ends, shifts, index = gather_plan(5, 4, 5, 1, 'zero')
+    ends, shifts, index = shift_plan(5, 4, 5, 1, 'zero').tables
     with pytest.raises(ValueError, match='NCHW tensor and dim 2 or 3'):
         triton_kernel.axial_gather(x[0], 2, ends, shifts, index)
     with pytest.raises(ValueError, match='NCHW tensor and dim 2 or 3'):
@@ -156,9 +156,8 @@ def test_a_failing_kernel_turns_itself_off_and_the_shift_still_runs(monkeypatch,
         RuntimeError('ptxas fatal: no such GPU'), works=int(failing == 'backward'),
         kernel=triton_kernel._axial_gather_kernel))
     monkeypatch.setattr(shift_module, '_use_kernel', lambda x: triton_kernel.enabled())
-    monkeypatch.setattr(shift_module, '_kernel_shift', lambda x, dim, *args, adjoint=False: (
-        triton_kernel.try_axial_gather(x, dim, *gather_plan(
-            x.shape[1], x.shape[dim], *args, adjoint))))
+    monkeypatch.setattr(shift_module, '_kernel_gather', lambda x, dim, plan: (
+        triton_kernel.try_axial_gather(x, dim, *plan.tables)))
     torch.manual_seed(0)
     x = torch.randn(2, 10, 6, 7, device=DEVICE, requires_grad=True)
     grad = torch.randn_like(x)
@@ -180,5 +179,5 @@ def test_out_of_memory_is_raised_as_it_is(monkeypatch):
                         FailingKernel(torch.OutOfMemoryError('out of memory')))
     x = torch.randn(1, 5, 4, 4, device=DEVICE)
     with pytest.raises(torch.OutOfMemoryError):
-        triton_kernel.try_axial_gather(x, 2, *gather_plan(5, 4, 5, 1, 'zero'))
+        triton_kernel.try_axial_gather(x, 2, *shift_plan(5, 4, 5, 1, 'zero').tables)
     assert triton_kernel.enabled()

@@ -9,18 +9,25 @@ moved along one spatial axis by ``s_g = (shift_size // 2 - g) * dilation`` pixel
 so group 0 moves its content up (or left). Reads that fall outside the image come from the
 padding mode. For ``dilation=1`` and zero padding this is exactly the published CUDA kernel.
 
-The output is written in one pass, instead of the published CPU path (pad, chunk, roll,
-concatenate, narrow), which makes several full passes over the tensor. On CPU a compiled
-kernel (:mod:`.cpu_kernel`) does the pass, on CUDA a Triton kernel (:mod:`.triton_kernel`),
-both from the same gather plan; elsewhere, and where the kernels are off or cannot be
-built, contiguous slices are copied straight into the output (one copy per group plus the
-few border rows). Under autograd a custom function runs the exact adjoint in backward
-(the opposite shift, plus the border rows folded back in for non-zero padding), so no
-intermediate tensors are kept.
+These rules are written once, in :func:`shift_plan`: for every channel group, the input row
+that each output row reads (-1: zero). All the rest carries out a plan:
+
+- the kernels, :mod:`.cpu_kernel` on CPU and :mod:`.triton_kernel` on CUDA, take its tables
+  and write the output in one pass;
+- the PyTorch path (elsewhere, or with the kernels off) copies the plan's runs into the
+  output: one slice per run of consecutive rows, the rows read as zero for all groups at
+  once, the others by index;
+- the exportable path (ONNX) joins the same runs with ``cat``, as exporters cannot follow
+  writes into a made tensor;
+- the adjoint (backward) carries out the transposed plan (:meth:`ShiftPlan.transpose`).
+
+Unlike the published CPU path (pad, chunk, roll, concatenate, narrow: several passes over
+the tensor), the output is written once, and autograd keeps nothing for backward.
 """
 import functools
+import itertools
 import numbers
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,59 +58,169 @@ def check_shift_args(shift_size: int, dilation: int, padding: str) -> None:
         raise ValueError(f'padding must be one of {PADDING_MODES}, got {padding!r}')
 
 
-def group_shifts(channels: int, shift_size: int,
-                 dilation: int = 1) -> List[Tuple[int, int, int]]:
-    """``(first_channel, end_channel, shift)`` of every non-empty channel group."""
-    group = -(-channels // shift_size)  # ceil
-    half = shift_size // 2
-    out = []
-    for g in range(shift_size):
-        start, end = g * group, min((g + 1) * group, channels)
-        if start < end:
-            out.append((start, end, (half - g) * dilation))
-    return out
-
-
-def border_source_index(length: int, positions: List[int], padding: str) -> List[int]:
-    """Where out-of-range positions read from, for the non-zero padding modes."""
+def source_row(position: int, length: int, padding: str) -> int:
+    """The input row that ``position`` (inside ``[0, length)`` or not) stands for: -1 for
+    a zero."""
+    if 0 <= position < length:
+        return position
+    if padding == 'zero':
+        return -1
     if padding == 'replicate':
-        return [min(max(p, 0), length - 1) for p in positions]
+        return min(max(position, 0), length - 1)
     if padding == 'circular':
-        return [p % length for p in positions]
+        return position % length
     # 'reflect' (mirror without repeating the edge), periodic for any distance
     if length == 1:
-        return [0 for _ in positions]
+        return 0
     period = 2 * (length - 1)
-    idx = [p % period for p in positions]
-    return [i if i < length else period - i for i in idx]
+    position %= period
+    return position if position < length else period - position
 
 
-def _split_rows(length: int, shift: int) -> Tuple[int, int]:
-    """Output rows ``[lo, hi)`` that read inside the image for this shift."""
-    lo = min(max(-shift, 0), length)
-    hi = max(min(length - shift, length), lo)
-    return lo, hi
+class Run(NamedTuple):
+    """Output rows ``[start, stop)`` of a channel group that the PyTorch paths fill with
+    one operation: ``kind`` 'zero', 'slice' (consecutive input rows) or 'index'."""
+    start: int
+    stop: int
+    kind: str
+    rows: Tuple[int, ...]  # the input row of each output row (-1: zero)
+
+
+class Group(NamedTuple):
+    start: int  # channels [start, end)
+    end: int
+    shift: int  # output row p reads input row p + shift wherever that is inside
+    source: Tuple[int, ...]  # the input row of each output row (-1: zero)
+    runs: Tuple[Run, ...]  # the same, cut into runs
+
+
+class ShiftPlan(NamedTuple):
+    """The shift of one tensor size, as every path carries it out (:func:`shift_plan`)."""
+    length: int  # of the shifted axis
+    groups: Tuple[Group, ...]
+    #: rows that some group reads as zero: zeroed for all channels at once (two operations
+    #: instead of two per group), before each group overwrites those it reads
+    zero_bands: Tuple[Tuple[int, int], ...]
+    #: (first channel, end channel, input rows, output rows): reads added after the gather
+    #: (only transposed plans have them)
+    added: Tuple[Tuple[int, int, Tuple[int, ...], Tuple[int, ...]], ...]
+    #: the kernels' form: the end channel and shift of every group, and all groups' source
+    #: rows in one table
+    tables: Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
+
+    def transpose(self) -> 'ShiftPlan':
+        """The adjoint as a plan: every input row gathers the gradient of one output row
+        that reads it (the one of the plain shift where there is one, as the kernels
+        expect), and the gradients of the rows that read it too (the borders that
+        'replicate' and 'reflect' read twice) are added after, in order."""
+        groups, added = [], []
+        for group in self.groups:
+            table = [-1] * self.length
+            extra = []
+            for p, q in enumerate(group.source):
+                if q >= 0 and q == p + group.shift:
+                    table[q] = p
+            for p, q in enumerate(group.source):
+                if q >= 0 and q != p + group.shift:
+                    if table[q] < 0:
+                        table[q] = p
+                    else:
+                        extra.append((q, p))
+            groups.append((group.start, group.end, -group.shift, tuple(table)))
+            if extra:
+                added.append((group.start, group.end, *map(tuple, zip(*extra))))
+        return _make_plan(self.length, groups, tuple(added))
+
+
+def _runs(source: Tuple[int, ...]) -> Tuple[Run, ...]:
+    """Cut a group's source rows into runs: zeros, slices of two or more consecutive input
+    rows, and the rest (by index)."""
+    runs: List[Run] = []
+    start = 0
+    while start < len(source):
+        stop = start + 1
+        if source[start] < 0:
+            while stop < len(source) and source[stop] < 0:
+                stop += 1
+            kind = 'zero'
+        else:
+            while stop < len(source) and source[stop] == source[stop - 1] + 1:
+                stop += 1
+            kind = 'slice' if stop - start > 1 else 'index'
+        if kind == 'index' and runs and runs[-1].kind == 'index':
+            start = runs.pop().start
+        runs.append(Run(start, stop, kind, source[start:stop]))
+        start = stop
+    return tuple(runs)
+
+
+def _make_plan(length: int, groups, added=()) -> ShiftPlan:
+    """A plan from ``(first channel, end channel, shift, source rows)`` of every group."""
+    groups = tuple(Group(*g, _runs(g[3])) for g in groups)
+    zeros = sorted({p for g in groups for p, q in enumerate(g.source) if q < 0})
+    bands = [(p, p + 1) for p in zeros]
+    for i in range(len(bands) - 1, 0, -1):  # merge neighbours
+        if bands[i - 1][1] == bands[i][0]:
+            bands[i - 1:i + 1] = [(bands[i - 1][0], bands[i][1])]
+    tables = (tuple(g.end for g in groups), tuple(g.shift for g in groups),
+              tuple(itertools.chain.from_iterable(g.source for g in groups)))
+    return ShiftPlan(length, groups, tuple(bands), added, tables)
 
 
 @functools.lru_cache(maxsize=1024)
-def gather_plan(channels: int, length: int, shift_size: int, dilation: int, padding: str,
-                adjoint: bool = False) -> Tuple[Tuple[int, ...], Tuple[int, ...],
-                                                Tuple[int, ...]]:
-    """The shift as the CPU kernel takes it: the end channel and shift of every group, and
-    for every group and output position the input position it reads (-1: zero).
+def _cached_plan(channels: int, length: int, shift_size: int, dilation: int, padding: str,
+                 transposed: bool) -> ShiftPlan:
+    if transposed:
+        return _cached_plan(channels, length, shift_size, dilation, padding, False).transpose()
+    size = -(-channels // shift_size)  # ceil
+    groups = []
+    for g, start in enumerate(range(0, channels, size)):  # the non-empty groups
+        shift = (shift_size // 2 - g) * dilation
+        groups.append((start, min(start + size, channels), shift,
+                       tuple(source_row(p + shift, length, padding) for p in range(length))))
+    return _make_plan(length, groups)
 
-    ``adjoint=True`` gives the transpose of a zero-padded shift, which is the opposite
-    shift with zero padding (other padding modes have no such form)."""
-    ends, shifts, index = [], [], []
-    for _, end, shift in group_shifts(channels, shift_size, dilation):
-        shift = -shift if adjoint else shift
-        lo, hi = _split_rows(length, shift)
-        border = border_source_index(length, [p + shift for p in range(length)], padding) \
-            if padding != 'zero' else [-1] * length
-        ends.append(end)
-        shifts.append(shift)
-        index.extend(p + shift if lo <= p < hi else border[p] for p in range(length))
-    return tuple(ends), tuple(shifts), tuple(index)
+
+@torch._dynamo.assume_constant_result  # under torch.compile: built, not traced
+def shift_plan(channels: int, length: int, shift_size: int, dilation: int, padding: str,
+               transposed: bool = False) -> ShiftPlan:
+    """The shift of ``channels`` channels along an axis of ``length`` (built once per
+    size, then cached); ``transposed``: its adjoint."""
+    return _cached_plan(channels, length, shift_size, dilation, padding, transposed)
+
+
+def _read(src: Tensor, dim: int, run: Run) -> Tensor:
+    """The rows that ``run`` reads from ``src`` (for a slice, a view)."""
+    if run.kind == 'slice':
+        return src.narrow(dim, run.rows[0], len(run.rows))
+    if run.kind == 'index':
+        return src.index_select(dim, torch.tensor(run.rows, device=src.device))
+    shape = list(src.shape)
+    shape[dim] = len(run.rows)
+    return src.new_zeros(shape)
+
+
+def _copy_runs(x: Tensor, dim: int, plan: ShiftPlan) -> Tensor:
+    """The PyTorch path: the plan's runs copied into the output."""
+    out = torch.empty_like(x)
+    for start, stop in plan.zero_bands:
+        out.narrow(dim, start, stop - start).zero_()
+    for group in plan.groups:
+        src, dst = x[:, group.start:group.end], out[:, group.start:group.end]
+        for run in group.runs:
+            if run.kind != 'zero':
+                dst.narrow(dim, run.start, run.stop - run.start).copy_(_read(src, dim, run))
+    return out
+
+
+def _join_runs(x: Tensor, dim: int, plan: ShiftPlan) -> Tensor:
+    """The exportable path: the plan's runs joined with ``cat`` (no writes)."""
+    pieces = []
+    for group in plan.groups:
+        src = x[:, group.start:group.end]
+        parts = [_read(src, dim, run) for run in group.runs]
+        pieces.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim))
+    return torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
 
 
 def _use_kernel(x: Tensor) -> bool:
@@ -119,134 +236,37 @@ def _use_kernel(x: Tensor) -> bool:
     return x.device.type == 'cuda' and triton_kernel.enabled()
 
 
-def _kernel_shift(x: Tensor, dim: int, shift_size: int, dilation: int, padding: str,
-                  adjoint: bool = False) -> Optional[Tensor]:
-    """The shift by the device's kernel; ``None`` where the Triton kernel failed to run
-    (it then turns itself off with a warning, and the caller takes the PyTorch path)."""
-    plan = gather_plan(x.shape[1], x.shape[dim], shift_size, dilation, padding, adjoint)
+def _kernel_gather(x: Tensor, dim: int, plan: ShiftPlan) -> Optional[Tensor]:
+    """The plan by the device's kernel; ``None`` where the Triton kernel failed to run (it
+    then turns itself off with a warning, and the caller takes the PyTorch path)."""
     if x.device.type == 'cpu':
-        return torch.ops.asmlp_mm.axial_gather(x, dim, *plan)
-    return triton_kernel.try_axial_gather(x, dim, *plan)
+        return torch.ops.asmlp_mm.axial_gather(x, dim, *plan.tables)
+    return triton_kernel.try_axial_gather(x, dim, *plan.tables)
 
 
-def _shift_forward(x: Tensor, dim: int, shift_size: int, dilation: int,
-                   padding: str) -> Tensor:
-    out = _kernel_shift(x, dim, shift_size, dilation, padding) if _use_kernel(x) else None
-    if out is not None:
-        return out
-    out = torch.empty_like(x)
-    length = x.shape[dim]
-    groups = group_shifts(x.shape[1], shift_size, dilation)
-    if padding == 'zero':
-        # zero the bands that some group reads from outside, for all channels at once (2
-        # ops instead of 2 per group); each group's copy then overwrites what it reads
-        reach = min(max(abs(shift) for _, _, shift in groups), length)
-        if reach > 0:
-            out.narrow(dim, 0, reach).zero_()
-            out.narrow(dim, length - reach, reach).zero_()
-    for c0, c1, shift in groups:
-        src = x[:, c0:c1]
-        dst = out[:, c0:c1]
-        lo, hi = _split_rows(length, shift)
-        if hi > lo:
-            dst.narrow(dim, lo, hi - lo).copy_(src.narrow(dim, lo + shift, hi - lo))
-        if padding == 'zero' or (lo == 0 and hi == length):
-            continue
-        border = list(range(0, lo)) + list(range(hi, length))
-        index = border_source_index(length, [p + shift for p in border], padding)
-        rows = torch.tensor(index, dtype=torch.long, device=x.device)
-        picked = src.index_select(dim, rows)
-        if lo > 0:
-            dst.narrow(dim, 0, lo).copy_(picked.narrow(dim, 0, lo))
-        if hi < length:
-            dst.narrow(dim, hi, length - hi).copy_(picked.narrow(dim, lo, length - hi))
+def _shift(x: Tensor, dim: int, shift_size: int, dilation: int, padding: str,
+           adjoint: bool = False) -> Tensor:
+    """The shift of ``x``, or with ``adjoint`` its transpose (``x`` is then a gradient)."""
+    plan = shift_plan(int(x.shape[1]), int(x.shape[dim]), shift_size, dilation, padding,
+                      adjoint)
+    out = _kernel_gather(x, dim, plan) if _use_kernel(x) else None
+    if out is None:
+        out = _copy_runs(x, dim, plan)
+    for start, end, rows, reads in plan.added:
+        out[:, start:end].index_add_(dim, torch.tensor(rows, device=x.device),
+                                     x[:, start:end].index_select(
+                                         dim, torch.tensor(reads, device=x.device)))
     return out
 
 
-def _shift_functional(x: Tensor, dim: int, shift_size: int, dilation: int,
-                      padding: str) -> Tensor:
-    """The same shift without writes into a pre-made tensor (slices, pads and
-    concatenations only), for exporters that cannot follow such writes (ONNX). Sizes are
-    taken as plain integers: traced sizes would turn the group arithmetic into graph ops."""
-    length = int(x.shape[dim])
-    pieces = []
-    for c0, c1, shift in group_shifts(int(x.shape[1]), shift_size, dilation):
-        src = x[:, c0:c1]
-        lo, hi = _split_rows(length, shift)
-        parts = []
-        index = border_source_index(length, [p + shift for p in range(length)], padding)
-        if lo > 0:
-            parts.append(_border_rows(src, dim, index[:lo], padding))
-        if hi > lo:
-            parts.append(src.narrow(dim, lo + shift, hi - lo))
-        if hi < length:
-            parts.append(_border_rows(src, dim, index[hi:], padding))
-        pieces.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim))
-    return torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
-
-
-def _border_rows(src: Tensor, dim: int, index: List[int], padding: str) -> Tensor:
-    if padding == 'zero':
-        shape = list(src.shape)
-        shape[dim] = len(index)
-        return src.new_zeros(shape)
-    rows = torch.tensor(index, dtype=torch.long, device=src.device)
-    return src.index_select(dim, rows)
-
-
-def _shift_adjoint(grad: Tensor, dim: int, shift_size: int, dilation: int,
-                   padding: str) -> Tensor:
-    """Transpose of :func:`_shift_forward`: the gradient w.r.t. its input."""
-    if padding == 'zero' and _use_kernel(grad):
-        out = _kernel_shift(grad, dim, shift_size, dilation, padding, adjoint=True)
-        if out is not None:
-            return out
-    out = torch.zeros_like(grad) if padding != 'zero' else torch.empty_like(grad)
-    length = grad.shape[dim]
-    for c0, c1, shift in group_shifts(grad.shape[1], shift_size, dilation):
-        g_out = grad[:, c0:c1]
-        g_in = out[:, c0:c1]
-        lo, hi = _split_rows(length, shift)
-        # inside rows: in[h + shift] receives out[h]
-        if hi > lo:
-            g_in.narrow(dim, lo + shift, hi - lo).copy_(g_out.narrow(dim, lo, hi - lo))
-        if padding == 'zero':
-            # input rows nobody reads get no gradient
-            if hi <= lo:
-                g_in.zero_()
-                continue
-            if lo + shift > 0:
-                g_in.narrow(dim, 0, lo + shift).zero_()
-            if hi + shift < length:
-                g_in.narrow(dim, hi + shift, length - hi - shift).zero_()
-            continue
-        border = list(range(0, lo)) + list(range(hi, length))
-        if len(border) == 0:
-            continue
-        index = border_source_index(length, [p + shift for p in border], padding)
-        rows = torch.tensor(index, dtype=torch.long, device=grad.device)
-        picked = torch.cat([g_out.narrow(dim, 0, lo), g_out.narrow(dim, hi, length - hi)],
-                           dim=dim)
-        g_in.index_add_(dim, rows, picked)
-    return out
-
-
-def _vmapped(function, in_dims, x: Tensor, args) -> Tuple[Tensor, Optional[int]]:
-    """``function`` under ``torch.func.vmap``: the mapped dimension of ``x`` joins its
-    batch dimension, since the shift treats every image alike."""
-    if in_dims[0] is None:
-        return function.apply(x, *args), None
-    x = x.movedim(in_dims[0], 0)
-    return function.apply(x.flatten(0, 1), *args).unflatten(0, x.shape[:2]), 0
-
-
-class _AxialShiftFunction(torch.autograd.Function):
-    """The shift with its adjoint as backward; in the form (``setup_context``, ``vmap``)
-    that ``torch.func`` transforms (grad, jacrev, vmap) accept."""
+class _ShiftFunction(torch.autograd.Function):
+    """The shift (``adjoint=False``) or its adjoint, each the other's backward, so that
+    double backward works too; in the form (``setup_context``, ``vmap``) that
+    ``torch.func`` transforms (grad, jacrev, vmap) accept."""
 
     @staticmethod
-    def forward(x, dim, shift_size, dilation, padding):
-        return _shift_forward(x, dim, shift_size, dilation, padding)
+    def forward(x, dim, shift_size, dilation, padding, adjoint):
+        return _shift(x, dim, shift_size, dilation, padding, adjoint)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -254,66 +274,31 @@ class _AxialShiftFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _AxialShiftAdjoint.apply(grad, *ctx.args), None, None, None, None
+        dim, shift_size, dilation, padding, adjoint = ctx.args
+        return (_function().apply(grad, dim, shift_size, dilation, padding, not adjoint),
+                None, None, None, None, None)
 
     @staticmethod
     def vmap(info, in_dims, x, *args):
-        return _vmapped(_AxialShiftFunction, in_dims, x, args)
+        # the mapped dimension joins the batch: the shift treats every image alike
+        if in_dims[0] is None:
+            return _function().apply(x, *args), None
+        x = x.movedim(in_dims[0], 0)
+        return _function().apply(x.flatten(0, 1), *args).unflatten(0, x.shape[:2]), 0
 
 
-class _AxialShiftAdjoint(torch.autograd.Function):
-    """The adjoint as a function of its own, so that double backward works too."""
-
-    @staticmethod
-    def forward(grad, dim, shift_size, dilation, padding):
-        return _shift_adjoint(grad, dim, shift_size, dilation, padding)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.args = inputs[1:]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _AxialShiftFunction.apply(grad, *ctx.args), None, None, None, None
-
-    @staticmethod
-    def vmap(info, in_dims, grad, *args):
-        return _vmapped(_AxialShiftAdjoint, in_dims, grad, args)
-
-
-class _ShiftWithTangents(_AxialShiftFunction):
-    """:class:`_AxialShiftFunction` with a jvp rule, for forward-mode AD (``jacfwd``,
-    ``torch.autograd.forward_ad``): the shift is linear, so the tangent shifts as the
-    input does. Dynamo refuses functions with a jvp rule, so compiled code never gets
-    this one (:func:`axial_shift` takes it only outside tracers)."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _AdjointWithTangents.apply(grad, *ctx.args), None, None, None, None
+class _ShiftWithTangents(_ShiftFunction):
+    """:class:`_ShiftFunction` with a jvp rule, for forward-mode AD (``jacfwd``,
+    ``torch.autograd.forward_ad``): the shift is linear, so the tangent shifts as the input
+    does. Dynamo refuses functions with a jvp rule, so traced code takes the other."""
 
     @staticmethod
     def jvp(ctx, tangent, *_):
         return _ShiftWithTangents.apply(tangent, *ctx.args)
 
-    @staticmethod
-    def vmap(info, in_dims, x, *args):
-        return _vmapped(_ShiftWithTangents, in_dims, x, args)
 
-
-class _AdjointWithTangents(_AxialShiftAdjoint):
-    """:class:`_AxialShiftAdjoint` with a jvp rule (see :class:`_ShiftWithTangents`)."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _ShiftWithTangents.apply(grad, *ctx.args), None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, tangent, *_):
-        return _AdjointWithTangents.apply(tangent, *ctx.args)
-
-    @staticmethod
-    def vmap(info, in_dims, grad, *args):
-        return _vmapped(_AdjointWithTangents, in_dims, grad, args)
+def _function():
+    return _ShiftFunction if is_traced() else _ShiftWithTangents
 
 
 def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
@@ -342,12 +327,13 @@ def axial_shift(x: Tensor, dim: int, shift_size: int, dilation: int = 1,
     if x.shape[1] == 0:  # no channel to shift (and no group to plan)
         return x.clone()
     if torch.onnx.is_in_onnx_export():
-        return _shift_functional(x, dim, shift_size, dilation, padding)
+        # sizes as plain integers: traced ones would turn the plan into graph operations
+        return _join_runs(x, dim, shift_plan(int(x.shape[1]), int(x.shape[dim]), shift_size,
+                                             dilation, padding))
     traced = is_traced()  # a tracer or compiler: no torch.func transform, no jvp rule
     if x.requires_grad and torch.is_grad_enabled() or not traced and _transformed(x):
-        function = _AxialShiftFunction if traced else _ShiftWithTangents
-        return function.apply(x, dim, shift_size, dilation, padding)
-    return _shift_forward(x, dim, shift_size, dilation, padding)
+        return _function().apply(x, dim, shift_size, dilation, padding, False)
+    return _shift(x, dim, shift_size, dilation, padding)
 
 
 def _transformed(x: Tensor) -> bool:

@@ -1,7 +1,7 @@
 """The GPU kernel of the axial shift, in Triton (``triton`` comes with PyTorch's CUDA builds).
 
 One gather writes the shifted tensor in a single pass, from the same plan as the CPU
-kernel (:func:`asmlp_mm.ops.axial_shift.gather_plan`: for every channel group and output
+kernel (:func:`asmlp_mm.ops.axial_shift.shift_plan`: for every channel group and output
 position, the input position it reads, -1 for zero). The PyTorch path copies one slice per
 channel group and zeroes the borders, about seven kernel launches per shift, which cost
 more than the copy itself on the small tensors of the late stages. The published code
