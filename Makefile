@@ -20,7 +20,7 @@ test: install
 # (e.g. AMD Zen 3), where oneDNN has no bfloat16 products
 AVX2 := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 test-avx2: install
-	$(AVX2) $(PY) -c "import torch; from asmlp_mm.ops.pointwise import onednn_runs as r; \
+	$(AVX2) $(PY) -c "import torch; from asmlp_mm.fast.pointwise import onednn_runs as r; \
 	print('oneDNN under the AVX2 limit runs:', {str(d)[6:] + (' packed' if p else ''): \
 	r(d, p) for d in (torch.float32, torch.bfloat16) for p in (False, True)})"
 	$(AVX2) $(PY) -m pytest -q tests/test_pointwise.py tests/test_fast_paths.py \

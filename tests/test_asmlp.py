@@ -8,8 +8,8 @@ from helpers import randomize
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP, roll_shift
 from asmlp_mm.models.weights import published_key_to_ours
-from asmlp_mm.ops import no_fusion
-from asmlp_mm.ops.pointwise import hooks_see
+from asmlp_mm import fast
+from asmlp_mm.fast import backbone
 
 TINY = dict(embed_dims=8, depths=[1, 1, 2, 1])
 
@@ -108,11 +108,11 @@ def test_group_norm_guard_leaves_the_fast_paths_on(monkeypatch):
     model = ASMLP(TINY)
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert norms and all(m._forward_pre_hooks for m in norms)
-    assert not any(hooks_see(m, inputs=True) for m in norms)
-    assert not any(model._hooks_inside(stage) for stage in model.stages)
+    assert not any(backbone.watched(m) for m in norms)
+    assert not any(backbone.watched(stage) for stage in model.stages)
     in_stage = next(m for m in model.stages[0].modules() if isinstance(m, nn.GroupNorm))
     in_stage.register_forward_pre_hook(lambda module, args: None)  # a user's
-    assert hooks_see(in_stage, inputs=True) and model._hooks_inside(model.stages[0])
+    assert backbone.watched(in_stage) and backbone.watched(model.stages[0])
 
 
 @pytest.mark.parametrize('frozen_stages', [0, 2])
@@ -403,13 +403,14 @@ def test_inference_leaves_what_hooks_saw_alone(scope, drop):
 
 
 @pytest.mark.parametrize('mode', ['eval', 'train'])
-def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode):
+def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode, monkeypatch):
     """Where forward hooks watch a module, the fast paths call it (they would fuse it away)
     and inference runs the whole batch at once (not image by image): each module is called
     as often as in the plain forward, on the whole batch, with the same outputs."""
     model = randomize(ASMLP(TINY, out_indices=ALL_STAGES, drop_path_rate=0.))
     model.train(mode == 'train')
-    model.chunk_tokens = 16  # without hooks, inference would run one image at a time
+    # without hooks, inference would run one image at a time
+    monkeypatch.setattr(backbone, 'CHUNK_TOKENS', 16)
     x = torch.randn(3, 3, 32, 32)
     leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
 
@@ -436,13 +437,13 @@ def test_hooks_see_every_module_called_once_per_use_on_the_whole_batch(mode):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_double_backward_in_training_names_no_fusion():
+def test_double_backward_in_training_names_the_switch():
     model = randomize(ASMLP(TINY, drop_path_rate=0.)).train()
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     grad, = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r'not differentiable.*no_fusion\(\)'):
+    with pytest.raises(RuntimeError, match=r'not differentiable.*asmlp_mm\.fast\.disabled\(\)'):
         grad.square().sum().backward()
-    with no_fusion():  # the way out: the plain modules
+    with fast.disabled():  # the way out: the plain modules
         grad, = torch.autograd.grad(model(x)[0].square().sum(), x, create_graph=True)
     ref, = torch.autograd.grad(plain_forward(model, x)[0].square().sum(), x,
                                create_graph=True)
@@ -508,7 +509,7 @@ def test_a_missing_pretrained_file_says_how_to_give_one_or_train_without(tmp_pat
     """The downstream configs name checkpoints/asmlp-*_in1k.pth; without that file the
     error named it and nothing else. tools/train.py ends with the message (a
     CheckpointError), other callers can catch it as a FileNotFoundError."""
-    from asmlp_mm.compat import CheckpointError
+    from asmlp_mm.checkpoint_io import CheckpointError
     model = ASMLP(TINY, init_cfg=pretrained(tmp_path / 'nowhere.pth', prefix='backbone.'))
     with pytest.raises(FileNotFoundError, match=r"(?s)nowhere.pth' does not exist: the "
                        r"pretrained weights of ASMLP.*--cfg-options model.backbone.init_cfg."

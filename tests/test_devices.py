@@ -3,10 +3,10 @@ GPU machine ``tools/gpu_check.sh`` runs this file). The backbone against the pla
 reference computed in float64 on the CPU, in both memory formats, in training and under
 autocast; the shift's kernel; the benchmark's device path."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
+from helpers import load_tool
 
 from asmlp_mm.models import ASMLP
 from asmlp_mm.ops import cpu_kernel, triton_kernel
@@ -103,8 +103,7 @@ def test_shift_takes_the_kernel_of_its_device(device):
 
 @on_devices
 def test_benchmark_runs_on_the_device(device):
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-    import benchmark
+    benchmark = load_tool('analysis/benchmark.py')
     config = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
     for extra in ([], ['--amp', '--channels-last']):
         result = benchmark.main([config, '--device', device, '--batch', '2', '--shape',

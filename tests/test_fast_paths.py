@@ -1,6 +1,10 @@
-"""The fast path of ASMLP (channels-last, matmul 1x1 convs, in-place inference) against a
-plain NCHW re-computation from the same parameters; ONNX export; torch.compile."""
+"""The fast path of ASMLP (asmlp_mm.fast: channels-last, matmul 1x1 convs, in-place
+inference, chunks) against a plain NCHW re-computation from the same parameters; the
+switch; ONNX export; torch.compile."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,10 +13,12 @@ import torch.nn.functional as F
 from helpers import needs_newer_torch, randomize
 from mmcv.cnn.bricks import DropPath
 
+from asmlp_mm import fast
+from asmlp_mm.fast import backbone, pointwise
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP
 from asmlp_mm.models.weights import published_key_to_ours
-from asmlp_mm.ops import axial_shift, pointwise
+from asmlp_mm.ops import axial_shift
 
 TINY = dict(embed_dims=10, depths=[1, 2, 1, 1])  # 10 channels: uneven shift groups
 ALL_STAGES = (0, 1, 2, 3)
@@ -134,14 +140,19 @@ def test_chunked_inference_matches_reference(chunk_tokens, calls, monkeypatch):
     """CPU inference runs the embedding and the stages on groups of images, with the
     weights of a stage packed for oneDNN once where it runs in 4 chunks or more."""
     model = randomize(ASMLP(TINY, out_indices=ALL_STAGES)).eval()
-    model.chunk_tokens = chunk_tokens
+    monkeypatch.setattr(backbone, 'CHUNK_TOKENS', chunk_tokens)
     counts = [0] * 5
-    for i, module in enumerate([model.patch_embed, *model.stages]):
-        # counted in forward: a forward hook would make the stage run on the whole batch
-        def counted(*args, i=i, forward=module.forward):
+
+    def counted(i, run):  # not by forward hooks: they make a part run on the whole batch
+        def call(*args):
             counts[i] += 1
-            return forward(*args)
-        module.forward = counted
+            return run(*args)
+        return call
+
+    model.patch_embed.forward = counted(0, model.patch_embed.forward)
+    stage_of, run_stage = {id(s): i + 1 for i, s in enumerate(model.stages)}, backbone._stage
+    monkeypatch.setattr(backbone, '_stage', lambda stage, x: counted(
+        stage_of[id(stage)], run_stage)(stage, x))
     packed, reorder = [], pointwise.REORDER_WEIGHT
     packs = pointwise.onednn_runs(torch.float32, packed=True)
     if packs:
@@ -164,8 +175,7 @@ def test_inference_on_images_larger_than_a_block_of_rows(monkeypatch):
     """The MLP of CPU inference runs in blocks of rows where an image has more rows than a
     block. A 268x236 image has 67x59 = 3953 pixels after the embedding: with blocks of
     1000 rows, stage 0's one MLP runs in 4 blocks and stage 1's two (34x30) in 2 each."""
-    import asmlp_mm.models.asmlp as asmlp_module
-    monkeypatch.setattr(asmlp_module, 'channel_mlp', lambda fc1, act, fc2, x: (
+    monkeypatch.setattr(backbone, 'channel_mlp', lambda fc1, act, fc2, x: (
         pointwise.channel_mlp(fc1, act, fc2, x, rows=1000)))
     blocks, in_blocks = [], pointwise._mlp_in_blocks
     monkeypatch.setattr(pointwise, '_mlp_in_blocks', lambda fc1, act, fc2, x, rows: (
@@ -259,6 +269,64 @@ def test_inference_leaves_input_alone():
         y_kept = y.clone()
         block(y)
     assert torch.equal(x, kept) and torch.equal(y, y_kept)
+
+
+FUSED = {'_ChannelMLPBackward', '_LinearGELUBackward'}
+
+
+def graph_nodes(tensor):
+    """Names of the autograd nodes ``tensor`` was made by."""
+    names, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo += [next_fn for next_fn, _ in node.next_functions]
+    return names
+
+
+def test_a_watched_module_runs_plain_and_the_others_fast():
+    """A backward hook on one projection (as Grad-CAM sets) sees its gradient: the stage
+    holding it runs the plain modules, the others the fused functions."""
+    model = randomize(ASMLP(TINY, out_indices=ALL_STAGES)).train()
+    seen = []
+    model.stages[1].blocks[0].token_mixer.proj_w.register_full_backward_hook(
+        lambda module, grad_in, grad_out: seen.append(grad_out[0].shape))
+    x = torch.randn(2, 3, 32, 32)
+    outs = model(x)
+    assert FUSED & graph_nodes(outs[0])
+    assert [backbone.watched(stage) for stage in model.stages] == [False, True, False, False]
+    sum(o.sum() for o in outs).backward()
+    assert seen == [(2, 20, 4, 4)]
+    assert_outputs_close(outs, reference_forward(model, x))
+
+
+SWITCHED_OFF = '''
+import torch
+from asmlp_mm import fast
+from asmlp_mm.models import ASMLP
+from test_fast_paths import FUSED, graph_nodes
+assert not (fast.enabled() or fast.applies() or fast.keep_freed_memory())
+out, = ASMLP(dict(embed_dims=8, depths=[1, 1, 1, 1])).train()(torch.randn(1, 3, 32, 32))
+assert not FUSED & graph_nodes(out) and 'ConvolutionBackward0' in graph_nodes(out)
+'''
+
+
+@pytest.mark.parametrize('value', ['0', 'off'])
+def test_the_environment_switch(value):
+    """ASMLP_MM_FAST=0 turns the speed layer off for the process (read at import): the
+    plain modules run, and glibc's thresholds stay; a value other than 0 or 1 is
+    refused."""
+    out, = ASMLP(dict(embed_dims=8, depths=[1, 1, 1, 1])).train()(torch.randn(1, 3, 32, 32))
+    assert fast.enabled() and FUSED & graph_nodes(out)  # here: on
+    env = {**os.environ, fast.ENV_SWITCH: value, 'PYTHONPATH': os.path.dirname(__file__)}
+    result = subprocess.run([sys.executable, '-c', SWITCHED_OFF], env=env,
+                            capture_output=True, text=True)
+    if value == '0':
+        assert result.returncode == 0, result.stderr[-2000:]
+    else:
+        assert "ASMLP_MM_FAST must be 0 (the speed-ups off) or 1 (on, the default), " \
+            "got 'off'" in result.stderr
 
 
 # ------------------------------------------------------------------ export and compile

@@ -4,23 +4,9 @@ A four-stage pyramid of NCHW feature maps. Each block mixes tokens with the axia
 (channel groups moved along H and along W, then 1x1 convolutions) and mixes channels with a
 1x1-convolution MLP; every normalization is GroupNorm with a single group.
 
-Fast path: on CPU (or for any channels-last input) the backbone runs in channels-last
-memory: every 1x1 convolution is then one matrix product over the NHWC view of its input
-(the (out, in, 1, 1) conv weight viewed as (out, in)), GroupNorm uses its channels-last
-kernel, and the projections followed by a GELU are fused with it on CPU
-(:mod:`asmlp_mm.ops.pointwise`: one oneDNN product in inference; in training autograd
-functions that keep fewer and smaller tensors). In inference the GELUs and residual
-additions write into tensors the block has just made instead of allocating new ones, and
-the patch embedding and each stage run on a few images at a time (about
-:attr:`ASMLP.chunk_tokens` pixels), so that a block's intermediate tensors stay in the CPU
-caches instead of streaming through memory, and a stage run in many chunks packs its
-weights for oneDNN once; every op treats images independently, so the outputs do not
-change. The computation, the parameters and the state-dict layout are those of the plain
-NCHW modules.
-
-Forward hooks see what they would see on the plain modules: a module that hooks watch is
-called (not fused away), a stage holding one runs on the whole batch, and no tensor a hook
-has seen is written into afterwards.
+The modules below are the plain computation. :meth:`ASMLP.forward` hands the batch to the
+speed layer, :mod:`asmlp_mm.fast`, which runs the same modules' parameters in fewer passes
+over memory (``ASMLP_MM_FAST=0`` or ``asmlp_mm.fast.disabled()`` runs them as they are).
 """
 import math
 import numbers
@@ -35,99 +21,63 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule, ModuleList, PretrainedInit, initialize
+from mmengine.model import BaseModule, ModuleList, initialize
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import fast
 from ..ops import axial_shift, check_shift_args
 from ..ops.axial_shift import is_int
 from ..ops.torch_compat import guard_group_norms
-from ..ops.pointwise import (CACHE_ROWS, activate, add_into, channel_mlp, conv_gelu,
-                             hooks_see, is_channels_last, is_traced, may_overwrite,
-                             packed_weights, pointwise_conv)
+from .weights import load_pretrained, split_init_cfg
 
 CONNECTIONS = ('parallel', 'serial')
+_OTHER_RANK = 'takes no N x C x H x W feature maps: use type='
+#: norm layers that do not normalize AS-MLP's N x C x H x W maps, and what to use instead
+#: (InstanceNorm3d even runs, wrongly: it takes each 4-dim map for one unbatched volume)
+WRONG_NORMS = {
+    nn.LayerNorm: "normalizes the last dimension: W of the N x C x H x W feature maps. Use "
+                  "type='GN', num_groups=1, the released AS-MLP's (or mmpretrain's 'LN2d' "
+                  'for a LayerNorm over the channels of each pixel)',
+    nn.BatchNorm1d: _OTHER_RANK + "'BN'", nn.BatchNorm3d: _OTHER_RANK + "'BN'",
+    nn.InstanceNorm1d: _OTHER_RANK + "'IN'", nn.InstanceNorm3d: _OTHER_RANK + "'IN'",
+}
 
 
-def check_positive_int(value, name: str) -> None:
-    """Raise ``TypeError`` / ``ValueError`` naming ``name`` unless ``value`` is an integer
-    >= 1."""
-    if not is_int(value):
-        raise TypeError(f'{name} must be a positive integer, got {value!r} '
-                        f'({type(value).__name__})')
-    if value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value}')
+def _check(ok: bool, name: str, expected: str, value, error=ValueError) -> None:
+    """Raise ``error`` saying that ``name`` must be ``expected`` unless ``ok``."""
+    if not ok:
+        raise error(f'{name} must be {expected}, got {value!r}')
 
 
-#: Norm layers that take inputs of another rank than N x C x H x W, and what to use instead
-#: (InstanceNorm3d even runs, wrongly: it takes each 4-dim map for one unbatched volume).
-OTHER_RANK_NORMS = {nn.BatchNorm1d: 'BN', nn.BatchNorm3d: 'BN', nn.InstanceNorm1d: 'IN',
-                    nn.InstanceNorm3d: 'IN'}
+def _positive_int(value, name: str) -> int:
+    _check(is_int(value), name, 'a positive integer', value, TypeError)
+    _check(value >= 1, name, 'a positive integer', value)
+    return int(value)
 
 
-def check_norm_layer(norm: nn.Module, norm_cfg: dict) -> None:
-    """Raise ``ValueError`` unless ``norm`` (built from ``norm_cfg``) takes the N x C x H x W
-    feature maps of AS-MLP.
+def _as_list(value) -> Optional[list]:
+    """``value`` as a list where it is a sequence (not a string), else None."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, dict)):
+        return list(value)
+    return None
 
-    A plain ``nn.LayerNorm`` normalizes the last dimension, which is W here: it fails deep
-    inside torch, or normalizes the wrong dimension where W equals the channel count.
-    """
-    released = ("norm_cfg=dict(type='GN', num_groups=1), the released AS-MLP's, which "
-                'normalizes each image over C, H and W')
-    if isinstance(norm, nn.LayerNorm) and type(norm).forward is nn.LayerNorm.forward:
-        raise ValueError(f'norm_cfg={norm_cfg} builds nn.LayerNorm, which normalizes the '
-                         f'last dimension: W of the N x C x H x W feature maps of AS-MLP. '
-                         f"Use {released} (or mmpretrain's 'LN2d' for a LayerNorm over "
-                         f'the channels of each pixel)')
-    for cls, instead in OTHER_RANK_NORMS.items():
-        if isinstance(norm, cls):
-            raise ValueError(f'norm_cfg={norm_cfg} builds nn.{cls.__name__}, which takes no '
-                             f"N x C x H x W feature maps: use type='{instead}' or "
-                             f'{released}')
+
+def _ints(value, name: str, expected: str) -> List[int]:
+    """An integer or a sequence of them, as a list; ``TypeError`` for anything else."""
+    values = [value] if is_int(value) else _as_list(value)
+    _check(values is not None and all(is_int(v) for v in values), name, expected,
+           value if values is None else values, TypeError)
+    return [int(v) for v in values]
 
 
 def conv1x1(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
 
 
-def residual(x: torch.Tensor, branch: torch.Tensor, drop_path: nn.Module,
-             *sources: nn.Module) -> torch.Tensor:
-    """``x + drop_path(branch)`` with fewer passes: stochastic depth as one fused
-    multiply-add (the same random draws as mmcv's ``DropPath``), and in inference the sum
-    written into ``branch``, unless forward hooks have seen it: hooks on ``drop_path`` or on
-    the ``sources`` that returned ``branch``."""
-    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0:
-        keep = 1 - drop_path.drop_prob
-        shape = (x.shape[0], ) + (1, ) * (x.dim() - 1)
-        scale = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
-        return torch.addcmul(x, branch, scale.div_(keep))
-    branch = drop_path(branch)
-    if may_overwrite(branch) and not hooks_see(drop_path, inputs=True) \
-            and not any(hooks_see(m) for m in sources):
-        return branch.add_(x)
-    return x + branch
-
-
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad the bottom and right of an NCHW tensor to a multiple of ``multiple``."""
-    pad_h = -x.shape[2] % multiple
-    pad_w = -x.shape[3] % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
-
-
-def space_to_depth(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, 4C, H/2, W/2) for even H and W: channel block ``2 * dw + dh``
-    holds the pixels at (row offset dh, column offset dw) of each 2x2 cell, i.e. the
-    sub-grids (0, 0), (1, 0), (0, 1), (1, 1). One copy, in the memory format of ``x`` (so
-    that in training the gradient also comes back in it)."""
-    n, c, h, w = x.shape
-    if is_channels_last(x):
-        cells = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
-        return cells.permute(0, 1, 3, 4, 2, 5).reshape(n, h // 2, w // 2, 4 * c) \
-            .permute(0, 3, 1, 2)
-    cells = x.reshape(n, c, h // 2, 2, w // 2, 2)
-    return cells.permute(0, 5, 3, 1, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
+    pad_h, pad_w = -x.shape[2] % multiple, -x.shape[3] % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
 class PatchEmbed(nn.Module):
@@ -171,7 +121,10 @@ class PatchMerging(nn.Module):
         self.reduction = conv1x1(4 * in_channels, out_channels, bias=False)
 
     def forward(self, x):
-        return pointwise_conv(self.reduction, self.norm(space_to_depth(pad_to_multiple(x, 2))))
+        x = pad_to_multiple(x, 2)
+        x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2],
+                       x[:, :, 1::2, 1::2]], 1)
+        return self.reduction(self.norm(x))
 
 
 class AxialShiftMixer(nn.Module):
@@ -197,8 +150,7 @@ class AxialShiftMixer(nn.Module):
                  act_cfg: dict = dict(type='GELU')):
         super().__init__()
         check_shift_args(shift_size, dilation, padding)
-        if connection not in CONNECTIONS:
-            raise ValueError(f'connection must be one of {CONNECTIONS}, got {connection!r}')
+        _check(connection in CONNECTIONS, 'connection', f'one of {CONNECTIONS}', connection)
         self.shift_size = int(shift_size)
         self.dilation = int(dilation)
         self.padding = padding
@@ -215,15 +167,10 @@ class AxialShiftMixer(nn.Module):
         return axial_shift(x, dim, self.shift_size, self.dilation, self.padding)
 
     def forward(self, x):
-        # the norm's output is fresh: the GELU may write into it unless hooks have seen it
-        x = activate(self.act, self.norm_in(pointwise_conv(self.proj_in, x)),
-                     overwrite=not hooks_see(self.norm_in))
-        x_w = conv_gelu(self.proj_w, self.act, self.shift(x, 3))
-        x_h = x_w if self.serial else x
-        x_h = conv_gelu(self.proj_h, self.act, self.shift(x_h, 2))
-        # x_w is fresh: sum into it where no backward needs it (see add_into)
-        x = x_h if self.serial else add_into(x_w, x_h, self.act)
-        return pointwise_conv(self.proj_out, self.norm_out(x))
+        x = self.act(self.norm_in(self.proj_in(x)))
+        x_w = self.act(self.proj_w(self.shift(x, 3)))
+        x_h = self.act(self.proj_h(self.shift(x_w if self.serial else x, 2)))
+        return self.proj_out(self.norm_out(x_h if self.serial else x_w + x_h))
 
 
 class ChannelMLP(nn.Module):
@@ -247,10 +194,7 @@ class ChannelMLP(nn.Module):
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, x):
-        if self.drop.p == 0 and not hooks_see(self.drop, inputs=True):
-            return channel_mlp(self.fc1, self.act, self.fc2, x)
-        x = self.drop(conv_gelu(self.fc1, self.act, x))
-        return self.drop(pointwise_conv(self.fc2, x))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class ASMLPBlock(nn.Module):
@@ -281,17 +225,15 @@ class ASMLPBlock(nn.Module):
         self.mlp = ChannelMLP(channels, mlp_ratio, drop_rate, act_cfg)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def _forward(self, x):
-        # the modules whose hooks may have seen the branches (the last 1x1 convs run as
-        # modules on NCHW input; in inference the dropout returns what it is given)
-        mixer, mlp = self.token_mixer, self.mlp
-        x = residual(x, mixer(self.norm1(x)), self.drop_path, mixer, mixer.proj_out)
-        return residual(x, mlp(self.norm2(x)), self.drop_path, mlp, mlp.fc2, mlp.drop)
-
     def forward(self, x):
+
+        def _inner_forward(x):
+            x = x + self.drop_path(self.token_mixer(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return cp.checkpoint(_inner_forward, x, use_reentrant=False)
+        return _inner_forward(x)
 
 
 class ASMLP(BaseModule):
@@ -329,11 +271,10 @@ class ASMLP(BaseModule):
         act_cfg (dict): Activation config. Defaults to GELU.
         init_cfg (dict | list[dict], optional): Initialization config; e.g.
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads the backbone
-            of an mmpretrain AS-MLP classifier checkpoint. Defaults to None: PyTorch's own
-            initialization, as in the authors' released model (it initializes only
-            ``nn.Linear`` layers and norms, and the backbone has no linear layer and
-            PyTorch's norms start at ones and zeros). :attr:`TRUNC_NORMAL_INIT` puts
-            truncated-normal (std 0.02) weights on every convolution instead.
+            of an mmpretrain AS-MLP classifier checkpoint (see :meth:`init_weights`).
+            Defaults to None: PyTorch's own initialization, as in the authors' released
+            model (whose initializer touches only linear layers and norms);
+            :attr:`TRUNC_NORMAL_INIT` is the truncated-normal alternative.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], {
@@ -348,13 +289,6 @@ class ASMLP(BaseModule):
     #: truncated-normal std 0.02 weights and zero biases on the convolutions (about 3x
     #: smaller than PyTorch's in stage 0).
     TRUNC_NORMAL_INIT = dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)
-    #: CPU inference runs the patch embedding and each stage on groups of images of about
-    #: this many output tokens (pixels) at a time (see :meth:`forward`).
-    chunk_tokens = CACHE_ROWS
-    #: ... and packs the weights of a stage for oneDNN once (see
-    #: :func:`asmlp_mm.ops.pointwise.packed_weights`) where it runs in at least this many
-    #: chunks.
-    pack_min_chunks = 4
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -375,52 +309,46 @@ class ASMLP(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
+        n = self.num_stages
         self.arch_settings = self._parse_arch(arch)
-        embed_dims = self.arch_settings['embed_dims']
+        self.embed_dims = embed_dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
-        check_positive_int(in_channels, 'in_channels')
-        check_positive_int(patch_size, 'patch_size')
-        if not isinstance(mlp_ratio, numbers.Real) or isinstance(mlp_ratio, (bool, np.bool_)):
-            raise TypeError(f'mlp_ratio must be a positive number, got {mlp_ratio!r} '
-                            f'({type(mlp_ratio).__name__})')
-        if not (0 < mlp_ratio < math.inf and int(embed_dims * mlp_ratio) >= 1):
-            raise ValueError(f'mlp_ratio must be positive and give MLPs of at least one '
-                             f'hidden channel (int(embed_dims * mlp_ratio) >= 1 for '
-                             f'embed_dims={embed_dims}), got {mlp_ratio!r}')
+        in_channels = _positive_int(in_channels, 'in_channels')
+        patch_size = _positive_int(patch_size, 'patch_size')
+        real = isinstance(mlp_ratio, numbers.Real) and not isinstance(mlp_ratio, np.bool_)
+        _check(real and not isinstance(mlp_ratio, bool), 'mlp_ratio', 'a positive number',
+               mlp_ratio, TypeError)
+        _check(0 < mlp_ratio < math.inf and int(embed_dims * mlp_ratio) >= 1, 'mlp_ratio',
+               f'positive and give MLPs of at least one hidden channel (int(embed_dims * '
+               f'mlp_ratio) >= 1 for embed_dims={embed_dims})', mlp_ratio)
         if drop_path_rate is None:
             drop_path_rate = self.arch_settings.get('drop_path_rate', 0.)
-        if not (isinstance(drop_path_rate, numbers.Real) and 0 <= drop_path_rate < 1):
-            raise ValueError(f'drop_path_rate must be a number in [0, 1) (the chance that the '
-                             f'deepest block skips a branch), got {drop_path_rate!r}')
-        if not (isinstance(drop_rate, numbers.Real) and 0 <= drop_rate < 1):
+        for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate)):
             # nn.Dropout takes 1, which zeroes every input in training
-            raise ValueError(f'drop_rate must be a number in [0, 1) (the dropout after the '
-                             f'patch embedding and in the MLPs), got {drop_rate!r}')
-        dilations = self._per_stage(dilation, 'dilation')
-        check_shift_args(shift_size, 1, padding)
-        for d in dilations:
-            check_shift_args(shift_size, d, padding)
-        if connection not in CONNECTIONS:
-            raise ValueError(f'connection must be one of {CONNECTIONS}, got {connection!r}')
-        self.out_indices = self._parse_out_indices(out_indices)
-        if not is_int(frozen_stages) or not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be an integer in [-1, {self.num_stages}], '
-                             f'got {frozen_stages!r}')
+            _check(isinstance(rate, numbers.Real) and 0 <= rate < 1, name,
+                   'a number in [0, 1)', rate)
+        per_stage = f'an integer or a sequence of {n} of them (one per stage)'
+        dilations = _ints(dilation, 'dilation', per_stage) * (n if is_int(dilation) else 1)
+        _check(len(dilations) == n, 'dilation', per_stage, dilation)
+        stages = f'a stage index or a sequence of them, integers in [0, {n - 1}] (or negative)'
+        out_indices = _ints(out_indices, 'out_indices', stages)
+        _check(0 < len(out_indices) and all(-n <= i < n for i in out_indices), 'out_indices',
+               stages, out_indices)
+        self.out_indices = sorted({i % n for i in out_indices})
+        _check(is_int(frozen_stages) and -1 <= frozen_stages <= n, 'frozen_stages',
+               f'an integer in [-1, {n}]', frozen_stages)
         self.frozen_stages = int(frozen_stages)
-        for flag, name in ((norm_eval, 'norm_eval'), (with_cp, 'with_cp')):
-            if not isinstance(flag, (bool, np.bool_)):  # a string such as 'no' is true
-                raise TypeError(f'{name} must be True or False, got {flag!r} '
-                                f'({type(flag).__name__})')
+        for name, flag in (('norm_eval', norm_eval), ('with_cp', with_cp)):
+            # a string such as 'no' would be true
+            _check(isinstance(flag, (bool, np.bool_)), name, 'True or False', flag, TypeError)
         self.norm_eval = bool(norm_eval)
 
-        self.embed_dims = embed_dims
-        self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
+        self.num_features = [embed_dims * 2**i for i in range(n)]
         #: stride of each stage's output (the patch embedding's, doubled by each merging)
-        self.strides = [patch_size * 2**i for i in range(self.num_stages)]
+        self.strides = [patch_size * 2**i for i in range(n)]
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size, norm_cfg)
-        check_norm_layer(self.patch_embed.norm, norm_cfg)
+        self._check_norm(self.patch_embed.norm, norm_cfg)
         self.drop_after_embed = nn.Dropout(drop_rate)
-
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = ModuleList()
         for i, depth in enumerate(depths):
@@ -440,183 +368,60 @@ class ASMLP(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
         self._freeze_stages()
-        guard_group_norms(self)  # a crash of torch < 2.14 next to frozen layers
+        guard_group_norms(self)  # a crash of torch < 2.14 on channels-last inputs
 
     @classmethod
     def _parse_arch(cls, arch) -> Dict:
         if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'Unknown AS-MLP arch {arch!r}; choose one of '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict with '
-                                 f'"embed_dims" and "depths"')
-            return deepcopy(cls.arch_zoo[key])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        missing = {'embed_dims', 'depths'} - set(arch)
-        if missing:
-            raise ValueError(f'A custom arch dict needs the keys "embed_dims" and "depths"; '
-                             f'missing {sorted(missing)} in {arch}')
-        unknown = set(arch) - set(cls.arch_zoo['tiny'])
-        if unknown:
-            raise ValueError(f'A custom arch dict takes the keys {sorted(cls.arch_zoo["tiny"])}'
-                             f'; unknown {sorted(unknown)} in {arch}')
-        depths = arch['depths']
-        if isinstance(depths, Iterable) and not isinstance(depths, (str, bytes)):
-            depths = list(depths)
-        if not isinstance(depths, list) or len(depths) != cls.num_stages or \
-                not all(is_int(d) and d >= 1 for d in depths):
-            raise ValueError(f'arch "depths" must list {cls.num_stages} positive integer '
-                             f'block counts, got {depths!r}')
-        if not is_int(arch['embed_dims']) or arch['embed_dims'] < 1:
-            raise ValueError(f'arch "embed_dims" must be a positive integer, got '
-                             f'{arch["embed_dims"]!r}')
-        return dict(deepcopy(arch), embed_dims=int(arch['embed_dims']),
-                    depths=[int(d) for d in depths])
+            _check(arch.lower() in cls.arch_zoo, 'arch', f'one of {sorted(cls.arch_zoo)} or '
+                   f'a dict with "embed_dims" and "depths"', arch)
+            return deepcopy(cls.arch_zoo[arch.lower()])
+        _check(isinstance(arch, dict), 'arch', 'a str or a dict', arch, TypeError)
+        keys = set(cls.arch_zoo['tiny'])
+        missing, unknown = {'embed_dims', 'depths'} - set(arch), set(arch) - keys
+        _check(not (missing or unknown), 'a custom arch dict', f'one with the keys '
+               f'"embed_dims" and "depths" (and "drop_path_rate" if any); missing '
+               f'{sorted(missing)}, unknown {sorted(unknown)}', arch)
+        depths, dims = _as_list(arch['depths']), arch['embed_dims']
+        _check(depths is not None and len(depths) == cls.num_stages and all(
+            is_int(d) and d >= 1 for d in depths), 'arch "depths"',
+            f'a list of {cls.num_stages} positive integer block counts', arch['depths'])
+        _check(is_int(dims) and dims >= 1, 'arch "embed_dims"', 'a positive integer', dims)
+        return dict(deepcopy(arch), embed_dims=int(dims), depths=[int(d) for d in depths])
 
-    @classmethod
-    def _per_stage(cls, value, name) -> List[int]:
-        if is_int(value):
-            return [int(value)] * cls.num_stages
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise TypeError(f'{name} must be an int or a sequence of {cls.num_stages} ints '
-                            f'(one per stage), got {value!r} ({type(value).__name__})')
-        value = list(value)
-        if len(value) != cls.num_stages:
-            raise ValueError(f'{name} must be an int or one value per stage '
-                             f'({cls.num_stages}), got {value}')
-        if not all(is_int(v) for v in value):
-            raise TypeError(f'{name} must be an int or a sequence of {cls.num_stages} ints '
-                            f'(one per stage), got {value!r}')
-        return [int(v) for v in value]
-
-    @classmethod
-    def _parse_out_indices(cls, out_indices) -> List[int]:
-        expected = (f'out_indices must be a stage index or a sequence of them, integers in '
-                    f'[0, {cls.num_stages - 1}] (or negative)')
-        if is_int(out_indices):
-            out_indices = [out_indices]
-        if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Iterable):
-            raise TypeError(f'{expected}, got {out_indices!r} ({type(out_indices).__name__})')
-        out_indices = list(out_indices)
-        bad = [i for i in out_indices if not is_int(i)]
-        if bad:
-            raise TypeError(f'{expected}, got {out_indices!r} (not integers: {bad!r})')
-        parsed = []
-        for i in out_indices:
-            if not -cls.num_stages <= i < cls.num_stages:
-                raise ValueError(f'out_indices must lie in [0, {cls.num_stages - 1}] '
-                                 f'(or negative), got {list(out_indices)}')
-            parsed.append(int(i) % cls.num_stages)
-        if len(parsed) == 0:
-            raise ValueError('out_indices must name at least one stage')
-        return sorted(set(parsed))
+    @staticmethod
+    def _check_norm(norm: nn.Module, norm_cfg: dict) -> None:
+        """Refuse norm layers that do not normalize N x C x H x W maps as AS-MLP needs
+        (subclasses with a forward of their own, e.g. mmpretrain's 'LN2d', are fine)."""
+        for cls, why in WRONG_NORMS.items():
+            if isinstance(norm, cls) and type(norm).forward is cls.forward:
+                raise ValueError(f'norm_cfg={norm_cfg} builds nn.{cls.__name__}, which {why}')
 
     def _freeze_stages(self):
-        frozen = []
-        if self.frozen_stages >= 0:
-            frozen.append(self.patch_embed)
+        frozen = [self.patch_embed] if self.frozen_stages >= 0 else []
         for i in range(self.frozen_stages):
-            frozen.append(self.stages[i])
-            if i in self.out_indices:
-                frozen.append(getattr(self, f'norm{i}'))
+            frozen += [self.stages[i]] + [getattr(self, f'norm{i}')] * (i in self.out_indices)
         for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+            module.eval().requires_grad_(False)
 
     def init_weights(self):
         """Initialize, or load ``init_cfg=dict(type='Pretrained', checkpoint, prefix)``.
 
         Unlike mmengine's non-strict loading, a checkpoint that does not fit this arch
-        (other widths or depths, missing blocks) raises a ``ValueError`` naming the
-        mismatched keys, and the prefix to set where the checkpoint holds this backbone's
-        keys under one (a detector's, under 'backbone.'). Only the output norms
-        (``norm{i}``) may be absent, since a classifier checkpoint has just the final one.
-        A leading 'module.' (a checkpoint saved from a DDP-wrapped model) is dropped, as
-        the runner's ``load_from`` does.
-
-        ``init_cfg`` may also be a list holding one 'Pretrained' entry: as in mmengine, the
-        other entries initialize the model first and the checkpoint is loaded over them (so
-        they set what it lacks, e.g. the output norms). Two 'Pretrained' entries are
-        refused: which checkpoint would win is not clear.
+        raises a ``ValueError`` naming the mismatched keys (and the prefix to set); only
+        the output norms (``norm{i}``) may be absent, since a classifier checkpoint has
+        just the final one. The authors' layout is converted as it loads
+        (:func:`~asmlp_mm.models.weights.load_pretrained`). As in mmengine, the other
+        entries of an ``init_cfg`` list initialize first, the checkpoint loads over them.
         """
-        pretrained, others = self._split_init_cfg()
+        pretrained, others = split_init_cfg(self.init_cfg)
         if pretrained is None:
             return super().init_weights()
         if others:
             initialize(self, others)
-        self._load_pretrained(pretrained)
+        load_pretrained(self, pretrained, f'ASMLP(embed_dims={self.embed_dims}, '
+                        f'depths={self.arch_settings["depths"]})', optional=['norm[0-3].*'])
         self._is_init = True
-
-    def _split_init_cfg(self):
-        """The 'Pretrained' entry of ``init_cfg`` (None if it has none) and the others."""
-        cfgs = self.init_cfg
-        if cfgs is None:
-            cfgs = []
-        elif isinstance(cfgs, dict):
-            cfgs = [cfgs]
-        pretrained = [cfg for cfg in cfgs
-                      if isinstance(cfg, dict) and cfg.get('type') in ('Pretrained',
-                                                                       PretrainedInit)]
-        if len(pretrained) > 1:
-            raise ValueError(f'init_cfg may hold one Pretrained entry (ASMLP loads one '
-                             f'checkpoint), got {len(pretrained)}: {pretrained}')
-        others = [cfg for cfg in cfgs if not any(cfg is p for p in pretrained)]
-        return (pretrained[0] if pretrained else None), others
-
-    def _load_pretrained(self, cfg: dict) -> None:
-        """Load the checkpoint of a 'Pretrained' init config, if it fits (see
-        :meth:`init_weights`). A checkpoint in the layout of the authors' released code
-        (their classifier, mmdet 2.x detector or mmseg 0.x segmentor) is converted as it
-        loads, as ``tools/model_converters/asmlp_to_mm.py`` converts it, and the log says
-        so."""
-        from mmengine.logging import print_log
-        from mmengine.runner.checkpoint import _load_checkpoint
-        from ..checkpoint_io import (CheckpointMismatchError, CheckpointNotFoundError,
-                                     check_fits, checkpoint_state_dict)
-        from .weights import (ConversionError, checkpoint_parts, convert_published,
-                              is_published_layout, listed)
-        if not cfg.get('checkpoint'):
-            raise ValueError(f"init_cfg {cfg} names no checkpoint: "
-                             f"dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])")
-        checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix') or ''
-        if prefix and not prefix.endswith('.'):
-            prefix += '.'  # as mmengine's loader
-        try:
-            loaded = _load_checkpoint(checkpoint, map_location='cpu')
-        except CheckpointNotFoundError as err:
-            raise CheckpointNotFoundError(
-                f'{err}: the pretrained weights of ASMLP (init_cfg). Train a classifier '
-                f'(configs/asmlp/) or download the published one and put it there (as it '
-                f'is, or converted by tools/model_converters/asmlp_to_mm.py), or set its '
-                f'path with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
-                f'model.backbone.init_cfg=None trains from random weights') from None
-        if is_published_layout(loaded):
-            try:
-                converted = convert_published(checkpoint_parts(loaded)[0],
-                                              num_stages=self.num_stages)
-            except ConversionError as err:
-                raise CheckpointMismatchError(f'checkpoint {checkpoint!r}, in the layout of '
-                                              f'the authors\' released code: {err}') from None
-            if converted.unmapped:
-                raise CheckpointMismatchError(
-                    f'checkpoint {checkpoint!r} is in the layout of the authors\' released '
-                    f'code, but {len(converted.unmapped)} of its keys have no mapping: '
-                    f'{listed(converted.unmapped)}; tools/model_converters/asmlp_to_mm.py '
-                    f'--drop-unmapped converts it without them')
-            loaded = converted.state_dict
-            print_log(f'init_cfg: {checkpoint} is in the layout of the authors\' released '
-                      f'code ({converted.task}): its weights are converted as they load, as '
-                      f'tools/model_converters/asmlp_to_mm.py converts them', logger='current')
-        state = checkpoint_state_dict(loaded, checkpoint, prefix)
-        if prefix and not state:
-            raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with '
-                             f'{prefix!r}')
-        check_fits(self, state, checkpoint, f'ASMLP(embed_dims={self.embed_dims}, '
-                   f'depths={self.arch_settings["depths"]})', optional=['norm[0-3].*'],
-                   prefix_option='init_cfg')
-        self.load_state_dict(state, strict=False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -635,43 +440,15 @@ class ASMLP(BaseModule):
         return (f'ASMLP expects an N x C x H x W batch, got a {x.dim()}-dim tensor of shape '
                 f'{tuple(x.shape)}{fix}')
 
-    def _hooks_inside(self, fn) -> bool:
-        """Whether forward hooks watch a module that ``fn`` runs: they would each see the
-        chunks, not the batch."""
-        modules = [self.patch_embed, self.drop_after_embed] if fn == self._embed else [fn]
-        return any(hooks_see(m, inputs=True) for module in modules
-                   for m in module.modules())
-
-    def _embed(self, x):
-        return self.drop_after_embed(self.patch_embed(x))
-
-    def _chunked(self, fn, x, stride: int):
-        """``fn(x)`` for an ``fn`` that treats every image on its own and reduces the size
-        by ``stride``. In CPU inference, ``fn`` runs on groups of images of about
-        :attr:`chunk_tokens` output pixels, whose outputs are then concatenated."""
-        tokens = -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
-        per_chunk = max(1, self.chunk_tokens // tokens)
-        if per_chunk >= x.shape[0] or self.training or x.device.type != 'cpu' \
-                or is_traced() or self._hooks_inside(fn):
-            return fn(x)
-        parts = x.split(per_chunk)
-        # every chunk runs the same layers: pack their weights for oneDNN once, where the
-        # chunks are enough to repay the packing and the extra copy of the stage's weights
-        with packed_weights(enabled=len(parts) >= self.pack_min_chunks):
-            return torch.cat([fn(part) for part in parts])
-
     def forward(self, x):
-        if x.dim() != 4:  # not the "rank 4" error of the channels-last copy below
+        if x.dim() != 4:
             raise ValueError(self._not_a_batch(x))
-        # channels-last inside (see the module docstring); outputs in the input's format
-        keep_channels_last = is_channels_last(x) and not x.is_contiguous()
-        if x.device.type == 'cpu' or keep_channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self._chunked(self._embed, x, self.patch_embed.patch_size)
+        if fast.applies():
+            return fast.forward(self, x)
+        x = self.drop_after_embed(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.stages):
-            x = self._chunked(stage, x, 1 if i == 0 else 2)
+            x = stage(x)
             if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(x)
-                outs.append(out if keep_channels_last else out.contiguous())
+                outs.append(getattr(self, f'norm{i}')(x))
         return tuple(outs)

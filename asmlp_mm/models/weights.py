@@ -2,8 +2,8 @@
 
 The one home of the key mapping and of the test for the authors' layout. It serves
 ``tools/model_converters/asmlp_to_mm.py`` (which also infers and verifies the arch) and
-``ASMLP``'s ``init_cfg=dict(type='Pretrained')``, which converts a file in the authors'
-layout as it loads it: both give the same weights.
+``ASMLP``'s ``init_cfg=dict(type='Pretrained')`` (:func:`load_pretrained`), which converts
+a file in the authors' layout as it loads it: both give the same weights.
 
 The authors released three code bases, whose checkpoints hold:
 
@@ -20,9 +20,16 @@ from mmdet 2.x to 3.x and mmseg 0.x to 1.x: the keys outside the backbone stay a
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
+from mmengine.model import PretrainedInit
+from mmengine.runner.checkpoint import _load_checkpoint
+from torch import nn
+
+from ..checkpoint_io import (CheckpointMismatchError, CheckpointNotFoundError, check_fits,
+                             checkpoint_state_dict)
 
 TASKS = ('cls', 'det', 'seg')
 #: the parameter groups outside the backbone that keep their names, per task
@@ -200,3 +207,70 @@ def listed(keys, shapes=None) -> str:
     text = ', '.join(f'{k} {shapes[k]}' if shapes else k for k in keys[:MAX_LISTED])
     more = len(keys) - MAX_LISTED
     return text + (f' ... (+{more} more)' if more > 0 else '')
+
+
+def split_init_cfg(init_cfg) -> Tuple[Optional[dict], list]:
+    """The 'Pretrained' entry of an ``init_cfg`` (None if it has none) and the others;
+    ``ValueError`` for two 'Pretrained' entries (which checkpoint would win is not clear)."""
+    cfgs = [] if init_cfg is None else [init_cfg] if isinstance(init_cfg, dict) else init_cfg
+    pretrained = [cfg for cfg in cfgs if isinstance(cfg, dict)
+                  and cfg.get('type') in ('Pretrained', PretrainedInit)]
+    if len(pretrained) > 1:
+        raise ValueError(f'init_cfg may hold one Pretrained entry (ASMLP loads one '
+                         f'checkpoint), got {len(pretrained)}: {pretrained}')
+    others = [cfg for cfg in cfgs if not any(cfg is p for p in pretrained)]
+    return (pretrained[0] if pretrained else None), others
+
+
+def load_pretrained(model: nn.Module, cfg: dict, what: str,
+                    optional: Sequence[str] = ()) -> None:
+    """Load the checkpoint of a 'Pretrained' init config ``cfg`` into ``model`` (described
+    as ``what`` in errors) if it fits: every key of the model but those matching
+    ``optional`` present with its shape, no other key (see
+    :func:`~asmlp_mm.checkpoint_io.check_fits`). A leading 'module.' (a model saved inside
+    DistributedDataParallel) is dropped, as the runner's ``load_from`` does. A checkpoint
+    in the layout of the authors' released code (their classifier, mmdet 2.x detector or
+    mmseg 0.x segmentor) is converted as it loads, as
+    ``tools/model_converters/asmlp_to_mm.py`` converts it, and the log says so."""
+    if not cfg.get('checkpoint'):
+        raise ValueError(f"init_cfg {cfg} names no checkpoint: "
+                         f"dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])")
+    checkpoint, prefix = cfg['checkpoint'], cfg.get('prefix') or ''
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'  # as mmengine's loader
+    try:
+        loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    except CheckpointNotFoundError as err:
+        raise CheckpointNotFoundError(
+            f'{err}: the pretrained weights of ASMLP (init_cfg). Train a classifier '
+            f'(configs/asmlp/) or download the published one and put it there (as it '
+            f'is, or converted by tools/model_converters/asmlp_to_mm.py), or set its '
+            f'path with --cfg-options model.backbone.init_cfg.checkpoint=PATH; '
+            f'model.backbone.init_cfg=None trains from random weights') from None
+    if is_published_layout(loaded):
+        loaded = _converted(loaded, checkpoint, model.num_stages)
+    state = checkpoint_state_dict(loaded, checkpoint, prefix)
+    if prefix and not state:
+        raise ValueError(f'checkpoint {checkpoint!r} has no keys starting with {prefix!r}')
+    check_fits(model, state, checkpoint, what, optional=list(optional),
+               prefix_option='init_cfg')
+    model.load_state_dict(state, strict=False)
+
+
+def _converted(loaded, checkpoint: str, num_stages: int) -> Dict[str, torch.Tensor]:
+    """The weights of a checkpoint in the authors' layout, in ours (for
+    :func:`load_pretrained`)."""
+    layout = f"checkpoint {checkpoint!r} is in the layout of the authors' released code"
+    try:
+        converted = convert_published(checkpoint_parts(loaded)[0], num_stages=num_stages)
+    except ConversionError as err:
+        raise CheckpointMismatchError(f'{layout}, but: {err}') from None
+    if converted.unmapped:
+        raise CheckpointMismatchError(
+            f'{layout}, but {len(converted.unmapped)} of its keys have no mapping: '
+            f'{listed(converted.unmapped)}; tools/model_converters/asmlp_to_mm.py '
+            f'--drop-unmapped converts it without them')
+    print_log(f'init_cfg: {layout} ({converted.task}): its weights are converted as they '
+              f'load, as tools/model_converters/asmlp_to_mm.py converts them',
+              logger='current')
+    return converted.state_dict

@@ -9,14 +9,18 @@ then trained 10% and 19% faster in two runs at batch 32 and 224x224 on 2 cores
 
 :func:`keep_freed_memory` does this from within the process, as
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`` does
-from outside. ``tools/train.py`` and ``tools/test.py`` call it on machines without CUDA.
+from outside. ``tools/train.py`` and ``tools/test.py`` call it on machines without CUDA;
+``ASMLP_MM_FAST=0`` turns it off with the other speed-ups.
 """
 import ctypes
 import os
 import sys
 from typing import Dict, Mapping, Optional
 
-ENV_SWITCH = 'ASMLP_MM_KEEP_MEMORY'
+from .switch import ENV_SWITCH, ON
+
+__all__ = ['ENV_SWITCH', 'allocator_settings', 'applied', 'keep_freed_memory']
+
 #: environment variables that change what fresh memory costs (docs/benchmarks.md, section
 #: 4): a preloaded allocator, glibc's malloc settings (the tunables and their older
 #: ``MALLOC_*_`` spellings), jemalloc's and tcmalloc's, and PyTorch's huge-page switch
@@ -49,13 +53,13 @@ def keep_freed_memory() -> bool:
     processes it forks, e.g. data loader workers). Returns whether they are raised now.
 
     Does nothing (returns False) where the C library is not glibc, where
-    ``ASMLP_MM_KEEP_MEMORY=0``, or where the environment already sets what fresh memory
+    ``ASMLP_MM_FAST=0``, or where the environment already sets what fresh memory
     costs (any of :data:`ALLOCATOR_VARIABLES`: a preloaded allocator, glibc's settings,
     ...). Calling it again changes nothing.
     """
     if _applied:
         return True
-    if os.environ.get(ENV_SWITCH, '1') == '0' or not sys.platform.startswith('linux') \
+    if not ON or not sys.platform.startswith('linux') \
             or allocator_settings():
         return False
     try:

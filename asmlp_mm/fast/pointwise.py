@@ -19,12 +19,16 @@ projections is fused with them where it saves passes over memory:
 The training functions overwrite what they saved as their backward runs, so they allow
 one backward per forward (a second one raises an error), and their backward is not
 differentiable (a double backward through it, after ``create_graph=True``, raises an error
-that names :func:`no_fusion`); models in eval mode, e.g. in gradient-based analysis tools,
-take the plain modules. Everything here computes what the plain modules compute (the same
-ops; only the order in which a few weight gradients are summed differs). In an autocast
-region they compute in autocast's dtype, as ``F.linear`` does there (in inference the GELU
-then acts before the rounding to that dtype). Tracers, exporters and compilers get the
-plain modules, and so does everything inside :func:`no_fusion`.
+that names :func:`asmlp_mm.fast.disabled`); models in eval mode, e.g. in gradient-based
+analysis tools, take the plain modules. Everything here computes what the plain modules
+compute (the same ops; only the order in which a few weight gradients are summed differs).
+In an autocast region they compute in autocast's dtype, as ``F.linear`` does there (in
+inference the GELU then acts before the rounding to that dtype). Inside
+:func:`asmlp_mm.fast.disabled` (or with ``ASMLP_MM_FAST=0``) the plain modules run.
+
+The functions take the modules for their parameters and do not call them: forward hooks on
+them do not run. :mod:`.backbone` uses them only on modules that no hook watches, and never
+under a tracer, exporter or compiler.
 """
 import functools
 import threading
@@ -34,61 +38,25 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules import module as _module
 
-from .torch_compat import (get_autocast_dtype, is_autocast_enabled, is_channels_last,  # noqa: F401
-                           is_traced)
+from ..ops.torch_compat import get_autocast_dtype, is_autocast_enabled, is_channels_last
+from .switch import enabled
 
 #: Rows (pixels) of a block that stays in the CPU caches: 4096 rows of a 4x-wide hidden
 #: activation of 96 channels are 6 MB. Used by :func:`channel_mlp` and by the chunked
-#: inference of :class:`~asmlp_mm.models.ASMLP`.
+#: inference of :mod:`.backbone`.
 CACHE_ROWS = 4096
 
 
-_FUSION = [True]
-
-
-@contextmanager
-def no_fusion():
-    """Within this context the fused paths are off and the plain modules run (e.g. for
-    a second backward through the same graph, which the fused functions refuse)."""
-    _FUSION.append(False)
-    try:
-        yield
-    finally:
-        _FUSION.pop()
-
-
 def may_overwrite(x: torch.Tensor) -> bool:
-    """Whether an op may write its result into ``x`` (a tensor the caller has just made):
-    nothing records ``x`` for backward, and no tracer, compiler or exporter is watching."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return False
-    return not is_traced()
+    """Whether an op may write its result into ``x`` (a tensor the caller has just made
+    and no hook has seen): nothing records ``x`` for backward."""
+    return not (x.requires_grad and torch.is_grad_enabled())
 
 
-def _watching(hooks: dict) -> bool:
-    """Whether ``hooks`` hold one that may keep what it sees (not marked ``keeps_nothing``,
-    as this package's own GroupNorm guard of :mod:`asmlp_mm.compat` is)."""
-    return any(not getattr(hook, 'keeps_nothing', False) for hook in hooks.values())
-
-
-def hooks_see(module: nn.Module, inputs: bool = False) -> bool:
-    """Whether forward hooks (the module's own or global ones) see what ``module`` returns
-    (and, with ``inputs``, what it is given, through forward pre-hooks too). A tensor they
-    see may be kept by them, e.g. to extract features: it must not be overwritten
-    afterwards. A few dict lookups, cheap enough for every call."""
-    if module._forward_hooks or _module._global_forward_hooks:
-        return True
-    return inputs and (_watching(module._forward_pre_hooks)
-                       or _watching(_module._global_forward_pre_hooks))
-
-
-def activate(act: nn.Module, x: torch.Tensor, overwrite: bool = True) -> torch.Tensor:
-    """``act(x)``; a GELU writes into ``x`` when ``overwrite`` (the caller's leave: no
-    hook has seen ``x``) and :func:`may_overwrite` allow."""
-    if type(act) is nn.GELU and overwrite and may_overwrite(x) \
-            and not hooks_see(act, inputs=True):
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; a GELU writes into ``x`` where :func:`may_overwrite` allows."""
+    if type(act) is nn.GELU and may_overwrite(x):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
 
@@ -101,13 +69,12 @@ KEEP_INPUT_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Hardswish, 
 
 def add_into(fresh: torch.Tensor, other: torch.Tensor, act: nn.Module) -> torch.Tensor:
     """``fresh + other``, written into ``fresh`` (the output of ``act``, which the caller
-    has just made) where nothing needs it any more: when no backward needs it
-    (:func:`may_overwrite`, or an ``act`` of :data:`KEEP_INPUT_ACTIVATIONS`), no hook of
-    ``act`` has seen it and no tracer, compiler or exporter is watching."""
-    if is_traced() or hooks_see(act) or not (may_overwrite(fresh) or (
-            type(act) in KEEP_INPUT_ACTIVATIONS and not getattr(act, 'inplace', False))):
-        return fresh + other
-    return fresh.add_(other)
+    has just made and no hook has seen) where no backward needs it: :func:`may_overwrite`,
+    or an ``act`` of :data:`KEEP_INPUT_ACTIVATIONS`."""
+    if may_overwrite(fresh) or (type(act) in KEEP_INPUT_ACTIVATIONS
+                                and not getattr(act, 'inplace', False)):
+        return fresh.add_(other)
+    return fresh + other
 
 
 def _matrix(conv: nn.Conv2d) -> torch.Tensor:
@@ -200,17 +167,14 @@ def compute_dtype(x: torch.Tensor, conv: nn.Conv2d) -> Optional[torch.dtype]:
 
 def _cpu_fast(x: torch.Tensor, *convs: nn.Conv2d) -> bool:
     """Whether the CPU fast paths apply: channels-last float32 or bfloat16 CPU input (or
-    autocast to one of them), no tracer, not inside :func:`no_fusion`."""
-    return (_FUSION[-1] and x.device.type == 'cpu' and is_channels_last(x)
-            and all(compute_dtype(x, c) in (torch.float32, torch.bfloat16) for c in convs)
-            and not is_traced())
+    autocast to one of them), the speed-ups :func:`~.switch.enabled`."""
+    return (enabled() and x.device.type == 'cpu' and is_channels_last(x)
+            and all(compute_dtype(x, c) in (torch.float32, torch.bfloat16) for c in convs))
 
 
 def _fusable(x: torch.Tensor, act: nn.Module, *convs: nn.Conv2d) -> bool:
-    """Whether the fused CPU paths apply: a GELU, :func:`_cpu_fast`, and no hooks on the
-    modules that fusing would not call."""
-    return type(act) is nn.GELU and _cpu_fast(x, *convs) and not any(
-        hooks_see(m, inputs=True) for m in (act, *convs))
+    """Whether the fused CPU paths apply: a GELU and :func:`_cpu_fast`."""
+    return type(act) is nn.GELU and _cpu_fast(x, *convs)
 
 
 def _operands(conv: nn.Conv2d, dtype: torch.dtype):
@@ -278,7 +242,7 @@ def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     oneDNN's, which adds the bias as it writes (the BLAS ``addmm`` copies the bias into
     the output first, one pass more, and was 4-13% slower on AS-MLP's shapes here),
     otherwise ``F.linear``."""
-    if not is_channels_last(x) or hooks_see(conv, inputs=True):  # hooks: call the module
+    if not is_channels_last(x):
         return conv(x)
     if _cpu_fast(x, conv) and _inference(x, conv):
         return _oneDNN_inference(conv, x)
@@ -291,7 +255,7 @@ def _once(ctx, what: str) -> None:
         raise RuntimeError(f'the backward of AS-MLP\'s fused {what} overwrites its saved '
                            'tensors and runs once per forward; for a second backward '
                            '(retain_graph=True), run the forward inside '
-                           'asmlp_mm.ops.no_fusion()')
+                           'asmlp_mm.fast.disabled()')
     ctx.spent = True
 
 
@@ -311,7 +275,7 @@ class _NoDoubleBackward(torch.autograd.Function):
         raise RuntimeError(f'the backward of AS-MLP\'s fused {ctx.what} is not differentiable '
                            '(a double backward, e.g. torch.autograd.grad(..., '
                            'create_graph=True) and a backward through its result); run the '
-                           'forward inside asmlp_mm.ops.no_fusion() for that')
+                           'forward inside asmlp_mm.fast.disabled() for that')
 
 
 def _once_differentiable(what: str):
@@ -375,8 +339,7 @@ def conv_gelu(conv: nn.Conv2d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``act`` is a GELU (see the module docstring); otherwise :func:`pointwise_conv` and
     :func:`activate`."""
     if not _fusable(x, act, conv):
-        # the GELU may write into the product unless the conv ran as a module with hooks
-        return activate(act, pointwise_conv(conv, x), overwrite=not hooks_see(conv))
+        return activate(act, pointwise_conv(conv, x))
     if _fused_training(x, conv):
         dtype = compute_dtype(x, conv)
         weight, bias = _operands(conv, dtype)
