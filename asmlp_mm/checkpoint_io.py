@@ -1,9 +1,9 @@
 """The one reader of checkpoint files in this package: :func:`load_local_checkpoint`.
 
-mmengine's loaders of local files and URLs go through it (``load_from``, ``--resume``,
-``init_cfg=dict(type='Pretrained')``, ``load_checkpoint``: see
-:func:`asmlp_mm.compat.patch_checkpoint_loading`), and so do the tools. It unpickles tensors,
-plain data and what mmengine's training checkpoints hold; an object of any other class
+mmengine's loaders of local files and URLs go through it where :mod:`asmlp_mm.runtime` is
+imported (``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')``,
+``load_checkpoint``), and so do the tools. It unpickles tensors, plain data and what
+mmengine's training checkpoints hold; an object of any other class
 comes back as a :class:`ForeignObject`, an inert record of what the file says about it:
 nothing the file names is imported, and none of its code runs.
 """
@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import HistoryBuffer, print_log
 
 from .ops.torch_compat import weights_only_globals
@@ -278,7 +279,6 @@ def load_url_checkpoint(url: str, map_location=None, model_dir: Optional[str] = 
     ``model_dir`` is given, once), by the first process of a distributed run while the
     others wait.
     """
-    from mmengine.dist import barrier, get_dist_info
     rank, world_size = get_dist_info()
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     path = osp.join(model_dir, osp.basename(urllib.parse.urlparse(url).path))
@@ -381,15 +381,25 @@ def prefix_hint(model_state: dict, loaded: dict, prefix_option: str = '') -> str
     return hint
 
 
+#: the kinds of :func:`state_dict_mismatches`' problems, by how each begins
+MISMATCH_KINDS = ('missing in the checkpoint', 'shape of', 'not in the model')
+
+
 def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8,
                         hint: str = '') -> str:
-    """The error message for ``problems``: at most ``limit`` of them, after the ``hint``
-    (e.g. :func:`prefix_hint`), which the limit must not cut off."""
-    shown = '\n  '.join(problems[:limit])
-    more = f'\n  ... and {len(problems) - limit} more' if len(problems) > limit else ''
+    """The error message for ``problems``: at most ``limit`` of each kind (so that
+    hundreds of wrong shapes do not hide the missing keys), after the ``hint`` (e.g.
+    :func:`prefix_hint`), which the limit must not cut off."""
+    lines = []
+    for kind in MISMATCH_KINDS + ('',):
+        of_kind = [p for p in problems if p.startswith(kind) and (
+            kind or not p.startswith(MISMATCH_KINDS))]
+        lines += of_kind[:limit]
+        if len(of_kind) > limit:
+            lines.append(f'... and {len(of_kind) - limit} more like these')
     hint = f'\n  {hint}' if hint else ''
     return (f'checkpoint {source!r} does not fit {what}: {len(problems)} problem(s)'
-            f'{hint}\n  {shown}{more}')
+            f'{hint}\n  ' + '\n  '.join(lines))
 
 
 class CheckpointMismatchError(ValueError):

@@ -1,5 +1,5 @@
 """Mixed precision as released: AmpOptimWrapper configs (ImageNet, COCO) and where they meet
-a machine without CUDA, asmlp_mm.compat.AmpFallbackOptimWrapperConstructor."""
+a machine without CUDA, asmlp_mm.runtime.AmpFallbackOptimWrapperConstructor."""
 import os
 import os.path as osp
 
@@ -11,7 +11,7 @@ from mmengine.logging import MMLogger
 from mmengine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
 from mmengine.registry import DefaultScope
 
-from asmlp_mm.compat import AutocastOptimWrapper, enable_amp
+from asmlp_mm.runtime import AutocastOptimWrapper, enable_amp
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -192,7 +192,7 @@ def test_mmdets_own_train_tool_with_amp_on_cpu(tmp_path):
     detection demo on CPU: bfloat16 autocast of the backbone and the neck, said once."""
     import mmdet
 
-    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
     tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
     root = make_coco_dataset(str(tmp_path / 'shapes_coco'), num_train=2, num_val=1,
                              size=64).rstrip('/') + '/'

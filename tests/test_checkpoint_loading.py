@@ -15,10 +15,13 @@ import torch
 from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint
 
-from asmlp_mm.checkpoint_io import (CheckpointError, ForeignObject, foreign_objects,
-                                    load_local_checkpoint, load_url_checkpoint)
+from asmlp_mm.checkpoint_io import (CheckpointError, CheckpointMismatchError, ForeignObject,
+                                    foreign_objects, load_local_checkpoint,
+                                    load_url_checkpoint)
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP
+# applies the run-time fixes, mmengine's checkpoint schemes among them
+from asmlp_mm.runtime.checkpoints import load_from_http, load_from_local
 
 from test_converters import MASK_T, conv, mmdet2_mask_rcnn
 
@@ -157,7 +160,6 @@ def test_what_is_no_checkpoint_is_refused(tmp_path):
 def test_urls_are_read_by_the_same_reader(tmp_path):
     """mmengine reads downloads with torch.hub.load_state_dict_from_url, which unpickles
     anything; the http(s) scheme is routed to the reader instead."""
-    from asmlp_mm.compat import load_from_http, load_from_local
     assert CheckpointLoader._get_checkpoint_loader('https://x.org/a.pth') is load_from_http
     assert CheckpointLoader._get_checkpoint_loader('/a/b.pth') is load_from_local
     marker = tmp_path / 'ran'
@@ -280,7 +282,7 @@ def test_load_from_an_authors_file_is_sent_to_the_converter(tmp_path):
 
     from mmengine.config import Config
 
-    from asmlp_mm.engine.checkpoint import CheckpointFitsHook, CheckpointMismatchError
+    from asmlp_mm.engine import CheckpointFitsHook
     published = PublishedASMLP(8, (1, 1, 1, 1), out_indices=(0, 1, 2, 3)).state_dict()
     checkpoint = {'state_dict': {'backbone.' + k: v for k, v in published.items()}}
     runner = SimpleNamespace(model=torch.nn.Linear(2, 2),

@@ -7,6 +7,7 @@ mmseg 0.x layout of the authors' configs (``mmdet2_*`` / ``mmseg0_*`` below).
 """
 import importlib.util
 import os.path as osp
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -215,8 +216,9 @@ def test_wrong_arch_fails_naming_the_mismatch(tmp_path):
         conv.convert(src, str(tmp_path / 'o.pth'), config=CLS_TINY, log=lambda *a: None)
     text = str(err.value)
     assert 'embed_dims=8' in text and 'embed_dims=96' in text
-    assert 'shape mismatch' in text and 'backbone.patch_embed.proj.weight' in text
-    assert 'missing in the checkpoint' in text  # T has 6 blocks in stage 2, this one 2
+    assert 'shape of backbone.patch_embed.proj.weight: (8, 3, 4, 4) in the checkpoint' in text
+    # T has 6 blocks in stage 2, this one 2: blocks missing besides every shape
+    assert re.search(r'does not fit .*: \d{3} problem\(s\)', text)
     assert not (tmp_path / 'o.pth').exists()
 
 

@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port, run_tool
 
-from asmlp_mm.compat import GlooSyncBatchNorm
 from asmlp_mm.datasets import make_classification_folder
+from asmlp_mm.runtime import GlooSyncBatchNorm, adapt_to_device
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
@@ -105,18 +105,17 @@ def test_cpu_launch_keeps_the_configs_ddp_and_process_group_settings(monkeypatch
 
     from mmengine.config import Config
 
-    from asmlp_mm import compat
     started = {}
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     monkeypatch.setattr(dist, 'is_initialized', lambda: False)
     monkeypatch.setattr(dist, 'init_process_group', lambda **kwargs: started.update(kwargs))
     dist_cfg = dict(backend='nccl', timeout=7200)
     cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dist_cfg), **given))
-    compat.adapt_to_device(cfg)
+    adapt_to_device(cfg)
     assert started == dict(backend='gloo', timeout=datetime.timedelta(seconds=7200))
     assert cfg.model_wrapper_cfg == wrapper
     with pytest.raises(ValueError, match='--launcher slurm needs CUDA.*--launcher pytorch'):
-        compat.adapt_to_device(Config(dict(launcher='slurm')))
+        adapt_to_device(Config(dict(launcher='slurm')))
 
 
 def launch(script, *args, cwd):
@@ -154,7 +153,7 @@ def test_two_process_train_and_test_match_single_process(tmp_path):
 
 
 def coco_options(root):
-    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
     make_coco_dataset(root, num_train=8, num_val=4)
     root = root.rstrip('/') + '/'
     return [f'{d}.dataset.data_root={root}' for d in ('train_dataloader', 'val_dataloader',
@@ -165,7 +164,7 @@ def coco_options(root):
 
 
 def ade_options(root):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     make_ade_dataset(root, num_train=8, num_val=2)
     return [f'{d}.dataset.data_root={root}' for d in ('train_dataloader', 'val_dataloader',
                                                       'test_dataloader')] + \
@@ -189,7 +188,7 @@ def test_two_process_training_with_syncbn_heads(tmp_path, config, make_options):
 
 
 def coco_test_options(root):
-    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
     make_coco_dataset(root, num_train=1, num_val=3, size=64)
     root = root.rstrip('/') + '/'
     return [f'test_dataloader.dataset.data_root={root}',
@@ -197,7 +196,7 @@ def coco_test_options(root):
 
 
 def ade_test_options(root):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     make_ade_dataset(root, num_train=1, num_val=3)
     return [f'test_dataloader.dataset.data_root={root}']
 

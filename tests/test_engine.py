@@ -11,11 +11,13 @@ import torch
 import mmengine.fileio
 from mmengine.fileio import get_file_backend
 
-import asmlp_mm  # noqa: F401  (installs the atomic backend and checkpoint loader)
-from asmlp_mm.compat import CheckpointError, load_local_checkpoint
+from asmlp_mm.checkpoint_io import CheckpointError, load_local_checkpoint
 from asmlp_mm.datasets import make_classification_folder
-from asmlp_mm.datasets.ade import make_ade_dataset
-from asmlp_mm.engine import AtomicLocalBackend, find_resumable_checkpoint, memory, reseed
+from asmlp_mm.datasets.shapes import make_ade_dataset
+from asmlp_mm.engine import find_resumable_checkpoint, reseed
+from asmlp_mm.fast import memory
+# applies the run-time fixes: the atomic local backend, the checkpoint loader
+from asmlp_mm.runtime import AtomicLocalBackend
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
@@ -163,7 +165,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, task):
 
 FREE_64MB = '''
 import os, sys, torch
-from asmlp_mm.engine import keep_freed_memory
+from asmlp_mm.fast import keep_freed_memory
 def resident():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -179,7 +181,7 @@ print(kept, (before - resident()) / 2**20)
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc, /proc')
 @pytest.mark.parametrize('setting,kept', [
     ({}, True),
-    ({'ASMLP_MM_KEEP_MEMORY': '0'}, False),
+    ({'ASMLP_MM_FAST': '0'}, False),
     ({'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=1'}, False),
 ])
 def test_keep_freed_memory(setting, kept):
@@ -202,7 +204,7 @@ def test_keep_freed_memory(setting, kept):
 def test_check_fits_names_the_prefix_that_holds_the_model():
     """Where no key of the checkpoint is one of the model's but the model's are in it under
     a prefix, the error says so before the listed problems (a limit cuts them off)."""
-    from asmlp_mm.engine.checkpoint import CheckpointMismatchError, check_fits
+    from asmlp_mm.checkpoint_io import CheckpointMismatchError, check_fits
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     state = {f'teacher.{key}': value for key, value in model.state_dict().items()}
     state['neck.weight'] = torch.zeros(1)
@@ -224,7 +226,8 @@ def test_fits_hook_for_fine_tuning_refuses_only_a_checkpoint_of_which_nothing_lo
 
     from mmengine.config import Config
 
-    from asmlp_mm.engine.checkpoint import CheckpointFitsHook, CheckpointMismatchError
+    from asmlp_mm.checkpoint_io import CheckpointMismatchError
+    from asmlp_mm.engine import CheckpointFitsHook
     model = torch.nn.Sequential()
     model.add_module('backbone', torch.nn.Linear(3, 4))
     model.add_module('head', torch.nn.Linear(4, 2))

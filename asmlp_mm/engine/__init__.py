@@ -1,15 +1,12 @@
-from .checkpoint import (AtomicLocalBackend, CheckpointFitsHook, CheckpointMismatchError,
-                         ProcessCountHook, describe_mismatches, find_resumable_checkpoint,
-                         load_fitting_weights, state_dict_mismatches,
-                         use_atomic_local_writes)
+"""What the configs name for a run: the fit-check and process-count hooks, the reseeding
+train loops, and the search for a checkpoint to resume (``--cfg-options`` checks:
+:mod:`asmlp_mm.engine.options`)."""
+from .checkpoint import CheckpointFitsHook, ProcessCountHook, find_resumable_checkpoint
 from .fits import ConfigMismatchError, ModelFitsHook
 from .loops import ReseedingEpochBasedTrainLoop, ReseedingIterBasedTrainLoop, reseed
-from .memory import keep_freed_memory
 
 __all__ = [
-    'AtomicLocalBackend', 'CheckpointFitsHook', 'CheckpointMismatchError',
-    'ConfigMismatchError', 'ModelFitsHook', 'ProcessCountHook',
-    'describe_mismatches', 'find_resumable_checkpoint', 'load_fitting_weights',
-    'state_dict_mismatches', 'use_atomic_local_writes', 'ReseedingEpochBasedTrainLoop',
-    'ReseedingIterBasedTrainLoop', 'reseed', 'keep_freed_memory'
+    'CheckpointFitsHook', 'ConfigMismatchError', 'ModelFitsHook', 'ProcessCountHook',
+    'find_resumable_checkpoint', 'ReseedingEpochBasedTrainLoop',
+    'ReseedingIterBasedTrainLoop', 'reseed'
 ]

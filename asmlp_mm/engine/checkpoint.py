@@ -1,73 +1,26 @@
-"""Crash-safe checkpoint files.
+"""Checkpoints in a run: which one to resume, and whether the loaded one fits.
 
-mmengine writes a checkpoint by opening the final path and writing into it, so a process
-killed during the save leaves a truncated file that ``last_checkpoint`` may already name
-(or that ``--resume`` finds). Here every local write goes to a temporary file in the same
-folder and is renamed over the target only once complete, and resuming picks the newest
-checkpoint that actually loads (read, as every checkpoint file, by
-:func:`asmlp_mm.checkpoint_io.load_local_checkpoint`). :class:`CheckpointFitsHook`
-refuses, as it is loaded, a checkpoint that does not fit the model.
+:func:`find_resumable_checkpoint` picks the newest checkpoint of a work dir that actually
+loads (a save cut off by a crash leaves one that does not, where mmengine's writes are not
+made atomic by :mod:`asmlp_mm.runtime`). :class:`CheckpointFitsHook` refuses, as it is
+loaded, a checkpoint that does not fit the model; :class:`ProcessCountHook` warns when a
+run resumes with another number of processes.
 """
 import glob
-import os
 import os.path as osp
 import re
-import tempfile
-from typing import List, Optional
+from typing import Optional
 
-from mmengine.fileio import LocalBackend, register_backend
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
 
-from ..checkpoint_io import (CheckpointError, CheckpointMismatchError,  # noqa: F401
-                             check_fits, checkpoint_state_dict, describe_mismatches,
-                             load_fitting_weights, load_local_checkpoint, prefix_hint,
-                             state_dict_mismatches)
-
-
-def _mode_of_a_new_file() -> int:
-    """The permissions ``open(path, 'w')`` gives a new file: 0o666 less the umask."""
-    try:  # Linux says the umask without changing it, which other threads would see
-        with open('/proc/self/status') as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-class AtomicLocalBackend(LocalBackend):
-    """Local file backend whose writes are atomic (temporary file, fsync, rename).
-
-    The file gets the permissions a plain write would give it (``mkstemp`` alone would
-    make every checkpoint readable by its owner only).
-    """
-
-    def put(self, obj: bytes, filepath) -> None:
-        filepath = str(filepath)
-        folder = osp.dirname(osp.abspath(filepath))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix=osp.basename(filepath))
-        try:
-            os.fchmod(fd, _mode_of_a_new_file())
-            with os.fdopen(fd, 'wb') as f:
-                f.write(obj)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, filepath)
-        except BaseException:
-            if osp.exists(tmp):
-                os.remove(tmp)
-            raise
-
-    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        self.put(obj.encode(encoding), filepath)
-
-
-def use_atomic_local_writes() -> None:
-    """Make mmengine's default local backend the atomic one (checkpoints, dumps)."""
-    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+from ..checkpoint_io import (CheckpointError, CheckpointMismatchError, check_fits,
+                             checkpoint_state_dict, describe_mismatches,
+                             load_local_checkpoint, prefix_hint, state_dict_mismatches)
+from ..models.weights import is_published_layout
 
 
 def _checkpoint_order(path: str):
@@ -113,7 +66,6 @@ def unwrap(model):
 def starts_from_load_from(runner) -> bool:
     """Whether the runner trains from ``load_from`` rather than testing or resuming (a
     train loop is built only by ``runner.train()``)."""
-    from mmengine.runner import BaseLoop
     return isinstance(runner._train_loop, BaseLoop) and not runner._resume
 
 
@@ -140,7 +92,6 @@ class CheckpointFitsHook(Hook):
         self.exact = exact
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
-        from ..models.weights import is_published_layout
         model = unwrap(runner.model)
         source = runner.cfg.get('load_from')
         if is_published_layout(checkpoint):
@@ -177,11 +128,9 @@ class ProcessCountHook(Hook):
     """
 
     def before_save_checkpoint(self, runner, checkpoint) -> None:
-        from mmengine.dist import get_world_size
         checkpoint.setdefault('meta', {})['world_size'] = get_world_size()
 
     def after_load_checkpoint(self, runner, checkpoint) -> None:
-        from mmengine.dist import get_world_size
         saved = (checkpoint.get('meta') or {}).get('world_size')
         now = get_world_size()
         if getattr(runner, '_resume', False) and saved is not None and saved != now:

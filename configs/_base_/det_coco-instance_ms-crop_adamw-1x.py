@@ -12,10 +12,10 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
     './asmlp_runtime.py',
 ]
-custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.coco_dataset'],
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.runtime', 'asmlp_mm.datasets.coco'],
                       allow_failed_imports=False)
 # CocoDataset that fails when it is built if an image of the annotation file is missing
-# (asmlp_mm/datasets/coco_dataset.py); every detection config inherits it from here
+# (asmlp_mm/datasets/coco.py); every detection config inherits it from here
 dataset_type = 'CheckedCocoDataset'
 
 ms_scales = [(short_side, 1333) for short_side in range(480, 801, 32)]
@@ -44,7 +44,7 @@ test_dataloader = val_dataloader
 
 # float16 autocast with dynamic loss scaling on CUDA, as the released runs (apex O1); the
 # constructor falls back to bfloat16 autocast where AmpOptimWrapper cannot run (CPU), and
-# optim_wrapper.type=OptimWrapper trains in float32 (asmlp_mm.compat)
+# optim_wrapper.type=OptimWrapper trains in float32 (asmlp_mm.runtime.amp)
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',

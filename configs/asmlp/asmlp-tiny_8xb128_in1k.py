@@ -16,7 +16,7 @@ _base_ = [
 ]
 
 # ImageNet with checks of the list files and images (asmlp_mm/datasets/imagenet.py)
-custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.imagenet'],
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.runtime', 'asmlp_mm.datasets.imagenet'],
                       allow_failed_imports=False)
 # the released loader drops the last incomplete batch of each epoch
 train_dataloader = dict(batch_size=128, drop_last=True, dataset=dict(type='CheckedImageNet'))
@@ -31,7 +31,7 @@ visualizer = dict(_delete_=True, type='UniversalVisualizer',
 
 # float16 autocast with dynamic loss scaling on CUDA, as the released runs (apex O1); the
 # constructor falls back to bfloat16 autocast where AmpOptimWrapper cannot run (CPU), and
-# optim_wrapper.type=OptimWrapper trains in float32 (asmlp_mm.compat)
+# optim_wrapper.type=OptimWrapper trains in float32 (asmlp_mm.runtime.amp)
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',

@@ -12,7 +12,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
     '../_base_/asmlp_runtime.py'
 ]
-custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.datasets.ade'],
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.runtime', 'asmlp_mm.datasets.ade'],
                       allow_failed_imports=False)
 # ADE20KDataset with checks of bad data (asmlp_mm/datasets/ade.py): an image without its
 # label map (or the reverse) fails when the dataset is built, label values outside the
@@ -43,7 +43,7 @@ model = dict(
     auxiliary_head=dict(in_channels=embed_dims * 4, num_classes=150))
 
 # float32, as the released runs (no apex here); the constructor lets --amp (ours, mmseg's)
-# fall back to bfloat16 autocast where AmpOptimWrapper cannot run (asmlp_mm.compat)
+# fall back to bfloat16 autocast where AmpOptimWrapper cannot run (asmlp_mm.runtime.amp)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

@@ -3,7 +3,8 @@
 # (C 96, depths 2-2-6-2, shift size 5, drop path 0.2) over its config.py defaults (label
 # smoothing 0.1 inside mixup 0.8 / cutmix 1.0, switching between them with probability 0.5),
 # and models/as_mlp.py: the head is one Linear, trunc-normal std 0.02 weights and zero bias.
-custom_imports = dict(imports=['asmlp_mm'], allow_failed_imports=False)
+# the run-time fixes (asmlp_mm/runtime) for whichever tool runs the config
+custom_imports = dict(imports=['asmlp_mm', 'asmlp_mm.runtime'], allow_failed_imports=False)
 
 model = dict(
     type='ImageClassifier',

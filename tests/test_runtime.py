@@ -1,4 +1,9 @@
+"""The run-time fixes of :mod:`asmlp_mm.runtime` (CPU autocast, the checkpoint reader as
+mmengine's loader), and that ``import asmlp_mm`` applies none of them."""
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,7 +12,52 @@ from mmengine.logging import HistoryBuffer
 from mmengine.optim import build_optim_wrapper
 
 from asmlp_mm.checkpoint_io import CheckpointError, foreign_objects, load_local_checkpoint
-from asmlp_mm.compat import AutocastOptimWrapper, enable_amp
+from asmlp_mm.runtime import AutocastOptimWrapper, enable_amp
+
+
+#: prints mmengine's checkpoint schemes, local file backend and the warnings filters before
+#: and after ``import asmlp_mm``, and after ``import asmlp_mm.runtime``
+PROCESS_STATE = """
+import json, warnings
+from mmengine.fileio.backends import registry_utils as files
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.runner.checkpoint import CheckpointLoader
+
+def name(obj):
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+def state():
+    return dict(schemes={p: name(f) for p, f in CheckpointLoader._schemes.items()},
+                local=name(files.backends['local']), default=name(files.prefix_to_backends['']),
+                filters=[repr(f) for f in warnings.filters],
+                hooks='CheckpointFitsHook' in HOOKS.module_dict,
+                amp='AmpFallbackOptimWrapperConstructor' in OPTIM_WRAPPER_CONSTRUCTORS.module_dict)
+
+states = [state()]
+import asmlp_mm
+states.append(state())
+import asmlp_mm.runtime
+states.append(state())
+print(json.dumps(states))
+"""
+
+
+def test_importing_the_package_registers_and_the_runtime_applies_the_fixes():
+    out = subprocess.run([sys.executable, '-c', PROCESS_STATE], capture_output=True,
+                         text=True, check=True).stdout
+    before, imported, applied = json.loads(out.splitlines()[-1])
+    assert imported == dict(before, hooks=True)  # registered, nothing else changed
+    assert not before['hooks'] and not imported['amp'] and applied['amp']
+    mine = 'asmlp_mm.runtime.checkpoints.'
+    for prefix, loader in (('', 'load_from_local'), ('http://', 'load_from_http'),
+                           ('https://', 'load_from_http')):
+        assert imported['schemes'][prefix] == 'mmengine.runner.checkpoint.' + loader
+        assert applied['schemes'][prefix] == mine + loader
+    assert imported['local'] == imported['default'] == \
+        'mmengine.fileio.backends.local_backend.LocalBackend'
+    assert applied['local'] == applied['default'] == mine + 'AtomicLocalBackend'
+    silenced = [f for f in applied['filters'] if 'pkg_resources is deprecated' in f]
+    assert len(silenced) == 1 and silenced[0] not in imported['filters']
 
 
 def test_autocast_optim_wrapper_trains_in_bfloat16_on_cpu():
