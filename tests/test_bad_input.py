@@ -13,7 +13,7 @@ from mmengine.config import Config
 from PIL import Image
 
 from asmlp_mm.analysis import build_model_from_config
-from asmlp_mm.compat import CheckpointError
+from asmlp_mm.checkpoint_io import CheckpointError
 from asmlp_mm.datasets import make_classification_folder
 from asmlp_mm.models import ASMLP
 
@@ -264,7 +264,7 @@ def edit_json(path, edit):
 
 def test_coco_missing_images_fail_when_the_dataset_is_built(tmp_path):
     from mmengine.runner import Runner
-    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
     root = make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2, size=32) + '/'
     # the validation json lists six images that are not on disk (and have no annotations)
     edit_json(annotation_file(root, 'val'), lambda coco: coco['images'].extend(
@@ -298,7 +298,7 @@ def coco_with_bad_annotations(root):
     """A COCO train split of 4 images: image 1 has its shapes and a box of no width,
     image 2 only boxes of no height or width < 1, image 3 no annotation, image 4 its
     shapes. Returns the number of shapes of image 1 and the json path."""
-    from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+    from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
     make_coco_dataset(root, seed=1, num_train=4, num_val=3, size=64)
     path = annotation_file(root, 'train')
 
@@ -343,7 +343,7 @@ def test_coco_boxes_of_no_area_are_skipped_and_empty_images_dropped_in_training(
 def test_coco_empty_images_are_kept_and_evaluated_in_testing(tmp_path):
     from mmdet.datasets.api_wrappers import COCO
     from mmengine.registry import METRICS, DefaultScope
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     root = str(tmp_path / 'coco') + '/'
     num_shapes, train_json = coco_with_bad_annotations(root)
     # testing keeps every image; boxes of no area are left out of the ground truth samples
@@ -499,9 +499,9 @@ def test_a_data_root_one_folder_too_high_names_the_folder_below(tmp_path, config
                                                                  missing):
     """data_root=data/ade for data/ade/ADEChallengeData2016 said only that the folder does
     not exist, in words that read as if data/ade were right."""
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     from asmlp_mm.datasets.checks import MissingDataError
-    from asmlp_mm.datasets.coco import make_coco_dataset
+    from asmlp_mm.datasets.shapes import make_coco_dataset
     parent = tmp_path / 'data'
     if config == SEG_DEMO:
         root = make_ade_dataset(str(parent / 'ADEChallengeData2016'), num_train=1, num_val=1)
@@ -516,7 +516,7 @@ def test_a_data_root_one_folder_too_high_names_the_folder_below(tmp_path, config
 
 
 def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=3, num_val=1)
     labels = osp.join(root, 'annotations', 'training')
     os.remove(osp.join(labels, 'ADE_training_00001.png'))
@@ -537,7 +537,7 @@ def test_ade_images_without_labels_or_labels_without_images_fail_early(tmp_path)
 
 
 def test_ade_label_values_outside_the_classes_fail_in_train_test_and_tta(tmp_path):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2)
     cfg = Config.fromfile(SEG_DEMO)
     for split in ('training', 'validation'):
@@ -571,7 +571,7 @@ def test_ade_label_values_outside_the_classes_fail_in_train_test_and_tta(tmp_pat
 def tiny_coco(tmp_path):
     """A COCO dataset of 2 + 2 images of 32 x 32 (category ids 1..3 of the demo's classes,
     annotation ids 1.. in each split); returns its root (ending in '/')."""
-    from asmlp_mm.datasets.coco import make_coco_dataset
+    from asmlp_mm.datasets.shapes import make_coco_dataset
     return make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2, size=32) + '/'
 
 
@@ -668,7 +668,7 @@ BAD_COCO = {
 
 @pytest.mark.parametrize('case', list(BAD_COCO))
 def test_coco_bad_annotation_files_fail_when_the_dataset_is_built(tmp_path, case):
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     split, spoil, expected = BAD_COCO[case]
     root = tiny_coco(tmp_path)
     path = annotation_file(root, split)
@@ -679,7 +679,7 @@ def test_coco_bad_annotation_files_fail_when_the_dataset_is_built(tmp_path, case
 
 
 def test_coco_annotation_checks_follow_the_data_and_the_pipeline(tmp_path):
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     root = tiny_coco(tmp_path)
     path = annotation_file(root, 'val')
     # a test set without annotations (e.g. test-dev) only warns: AP cannot be computed
@@ -701,7 +701,7 @@ def test_coco_annotation_checks_follow_the_data_and_the_pipeline(tmp_path):
 
 
 def test_coco_annotations_of_missing_images_are_named_and_ignored(tmp_path):
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     root = tiny_coco(tmp_path)
     path = annotation_file(root, 'train')
     edit_json(path, set_key('image_id', 99))
@@ -728,7 +728,7 @@ def rle(mask, compressed):
 
 
 def test_coco_crowd_rle_and_images_without_annotations_are_accepted(tmp_path):
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     root = tiny_coco(tmp_path)
     masks = [np.zeros((32, 32), bool) for _ in range(2)]
     masks[0][2:9, 3:12] = masks[1][20:30, 1:5] = True
@@ -760,7 +760,7 @@ def test_coco_crowd_rle_and_images_without_annotations_are_accepted(tmp_path):
 
 
 def test_coco_image_of_another_size_than_the_json_fails_when_loaded(tmp_path):
-    from asmlp_mm.datasets.coco import annotation_file
+    from asmlp_mm.datasets.shapes import annotation_file
     root = tiny_coco(tmp_path)
     for split in ('train', 'val'):
         edit_json(annotation_file(root, split), edits(set_key('width', 40, 'images', 1),
@@ -788,7 +788,7 @@ def test_coco_jpeg_cut_short_fails_when_loaded(tmp_path):
 
 
 def test_ade_jpeg_cut_short_fails_when_loaded_in_train_test_and_tta(tmp_path):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
     cfg = Config.fromfile(SEG_DEMO)
     for split in ('training', 'validation'):
@@ -805,7 +805,7 @@ def test_ade_jpeg_cut_short_fails_when_loaded_in_train_test_and_tta(tmp_path):
 
 
 def test_ade_16_bit_label_maps_load_unless_values_would_wrap(tmp_path):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
     folder = osp.join(root, 'annotations', 'validation')
     for i in (0, 1):
@@ -840,8 +840,8 @@ def jpeg_bytes(image, **save_args):
     return out.getvalue()
 
 
-def test_jpeg_end_is_found_past_thumbnails_restarts_and_scans_and_not_in_a_cut_file(tmp_path):
-    from asmlp_mm.datasets.checks import jpeg_cut_short, jpeg_end
+def test_a_jpeg_cut_short_is_told_past_thumbnails_restarts_and_scans(tmp_path):
+    from asmlp_mm.datasets.checks import jpeg_cut_short
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
     plain = jpeg_bytes(image)
@@ -856,27 +856,30 @@ def test_jpeg_end_is_found_past_thumbnails_restarts_and_scans_and_not_in_a_cut_f
     }
     assert b'\xff\xd0' in streams['restart markers'][600:]
     assert streams['progressive'].count(b'\xff\xda') > 1  # several scans
-    for name, data in streams.items():
-        assert jpeg_end(data) == len(data), name
-        assert jpeg_end(data + b'appended \xff\xd8 data') == len(data), name
-        # every file cut short, also one cut right after the thumbnail's end marker
-        for size in range(2, len(data)):
-            assert jpeg_end(data[:size]) is None, (name, size)
-    for name, tail in (('whole', b''), ('padded', b'\0' * 3000), ('appended', b'x' * 5000),
-                       ('cut', None)):
-        path = str(tmp_path / f'{name}.jpg')
-        data = streams['thumbnail']
+    path = str(tmp_path / 'image.jpg')
+
+    def cut_short(data, **kwargs):
         with open(path, 'wb') as f:
-            f.write(data[:-300] if tail is None else data + tail)
-        assert jpeg_cut_short(path) == (tail is None), name
-    not_jpeg = str(tmp_path / 'not.jpg')
-    image.save(not_jpeg, 'PNG')
-    assert not jpeg_cut_short(not_jpeg)
+            f.write(data)
+        return jpeg_cut_short(path, **kwargs)
+
+    for name, data in streams.items():
+        for tail in (b'', b'\0' * 3000, b'appended \xff\xd8 data', b'x' * 5000):
+            assert not cut_short(data + tail), (name, tail[:10])
+            assert not cut_short(data + tail, tail_bytes=0), (name, tail[:10])
+        # every file cut short; one cut right after the thumbnail's end marker passes the
+        # look at the file's end, and is told when decoded (tail_bytes=0)
+        for size in range(2, len(data)):
+            assert cut_short(data[:size], tail_bytes=0), (name, size)
+            if not data[:size].endswith(b'\xff\xd9'):
+                assert cut_short(data[:size]), (name, size)
+    image.save(path, 'PNG')
+    assert not jpeg_cut_short(path)  # not a JPEG file
 
 
 @pytest.mark.parametrize('case', ['smaller', 'rgb', 'not an image'])
 def test_ade_label_maps_of_another_size_or_not_single_channel_fail_when_loaded(tmp_path, case):
-    from asmlp_mm.datasets.ade import make_ade_dataset
+    from asmlp_mm.datasets.shapes import make_ade_dataset
     root = make_ade_dataset(str(tmp_path / 'ade'), num_train=2, num_val=2, size=(64, 80))
     cfg = Config.fromfile(SEG_DEMO)
     labels = {split: osp.join(root, 'annotations', split, f'ADE_{split}_00001.png')

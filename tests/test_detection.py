@@ -15,11 +15,11 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope, init_default_scope
 from mmengine.runner import set_random_seed
 
-from asmlp_mm import paper
+from asmlp_mm.analysis import paper
 from asmlp_mm.analysis import build_model_from_config, count_params, save_initial_weights
-from asmlp_mm.analysis_det import detector_flops
+from asmlp_mm.analysis.detection import detector_flops
 from asmlp_mm.datasets import SHAPE_CLASSES, polygon_mask
-from asmlp_mm.datasets.coco import annotation_file, make_coco_dataset
+from asmlp_mm.datasets.shapes import annotation_file, make_coco_dataset
 from asmlp_mm.models import ASMLP
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -297,7 +297,7 @@ def test_demo_train_step_with_frozen_stages_and_norm_eval():
 def test_demo_train_step_with_amp_on_cpu(monkeypatch):
     """--amp on CPU: the backbone and the neck run in bfloat16, the heads (mmcv's CPU nms
     and RoIAlign take float32 only) in float32."""
-    from asmlp_mm.compat import enable_amp
+    from asmlp_mm.runtime import enable_amp
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     cfg = Config.fromfile(DEMO)
     enable_amp(cfg)

@@ -1,23 +1,13 @@
-"""A tiny ADE20K-format semantic segmentation dataset of simple shapes.
-
-:func:`make_ade_dataset` writes the layout mmseg's ``ADE20KDataset`` reads::
-
-    root/images/{training,validation}/*.jpg
-    root/annotations/{training,validation}/*.png   (uint8: 0 = other/ignore, 1..N = shapes)
-
-As in ADE20K, label 0 is "other" and is ignored (``reduce_zero_label=True`` turns it into
-255 and shifts 1..N to 0..N-1).
+"""mmseg's ``ADE20KDataset`` with the checks of bad data that it lacks.
 
 :class:`CheckedADE20KDataset` is mmseg's ``ADE20KDataset`` with checks of bad data (the
 dataset type of the UperNet configs); :class:`ShapesADE20KDataset` is it with the shape
 classes, so the demo config only swaps the dataset type. Importing this module registers
 both in mmseg's DATASETS.
 """
-import os
 import os.path as osp
-from typing import List, Tuple, Union
+from typing import List
 
-import mmcv
 import numpy as np
 import torch
 from mmcv.transforms import LoadImageFromFile
@@ -28,18 +18,17 @@ from mmseg.registry import DATASETS
 from PIL import Image
 
 from .checks import (InvalidDataError, MissingDataError, bad_label_values, check_image_complete,
-                     find_missing, guard_transforms, local_file, png_bit_depth, quote_some,
-                     relative_names, require_paths)
-from .shapes import SHAPE_CLASSES, draw_scene, polygon_mask
+                     find_missing, guard_transforms, local_file, quote_some, relative_names,
+                     require_paths)
+from .shapes import SHAPE_CLASSES, SHAPE_PALETTE
 
 LAYOUT = ('ADE20K is expected as ADEChallengeData2016 under data_root: '
           'images/{training,validation} and annotations/{training,validation} '
           '(docs/segmentation.md); or point the config at your copy with --cfg-options on '
           "the dataloaders' dataset.data_root.")
 
-# one colour per shape class: the shapes are drawn in it, and so are the predictions
-SHAPE_PALETTE = [[220, 20, 60], [0, 120, 255], [255, 190, 0]]
-SPLITS = ('training', 'validation')
+# pillow's modes of a single-channel 16-bit image
+SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I')
 LABEL_MAP = ('a label map is a single-channel image (PNG of mode L or P) of class indices, '
              'of the size of its image')
 
@@ -74,11 +63,16 @@ def check_label_depth(load, path: str) -> None:
     around to other classes (256 to 0). The file is decoded a second time only if its
     header says 16 bits."""
     path = local_file(path, getattr(load, 'backend_args', None))
-    if path is None or png_bit_depth(path) != 16:
+    if path is None:
         return
-    raw = mmcv.imfrombytes(fileio.get(path), flag='unchanged',
-                           backend=getattr(load, 'imdecode_backend', 'cv2'))
-    top = int(raw.max()) if raw is not None and raw.size else 0
+    try:
+        image = Image.open(path)  # reads the header only
+    except OSError:  # not a format pillow reads (the configured decoder read it)
+        return
+    with image:
+        if image.format != 'PNG' or image.mode not in SIXTEEN_BIT_MODES:
+            return
+        top = int(np.asarray(image).max()) if image.width and image.height else 0
     if top > 255:
         raise InvalidDataError(f'label map {path!r} is a 16-bit PNG with values up to {top}: mmseg '
                                f'reads label maps as 8 bits, so values above 255 would become '
@@ -225,67 +219,3 @@ class ShapesADE20KDataset(CheckedADE20KDataset):
             ``pipeline``, ...).
     """
     METAINFO = dict(classes=SHAPE_CLASSES, palette=SHAPE_PALETTE)
-
-
-def _as_size(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
-    """``(height, width)`` from an int (square) or a pair; rejects tiny or bad sizes."""
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(height, int) and isinstance(width, int)) or min(height, width) < 16:
-        raise ValueError(f'size must be an int or (height, width) of ints >= 16, got {size!r}')
-    return height, width
-
-
-def draw_labelled_scene(rng: np.random.Generator, height: int, width: int,
-                        max_shapes: int = 3) -> Tuple[np.ndarray, np.ndarray]:
-    """One image with 1..``max_shapes`` random shapes and its ADE20K-style label map.
-
-    Args:
-        rng (np.random.Generator): Random source.
-        height (int): Image height.
-        width (int): Image width.
-        max_shapes (int): Most shapes per image.
-
-    Returns:
-        The RGB image (H, W, 3) uint8 and the label map (H, W) uint8: 0 where no shape is,
-        ``class_index + 1`` where the topmost shape is.
-    """
-    labels = rng.integers(0, len(SHAPE_CLASSES), rng.integers(1, max_shapes + 1))
-    image, shapes = draw_scene(rng, height, width, labels, class_colours=SHAPE_PALETTE)
-    label_map = np.zeros((height, width), np.uint8)
-    for class_index, poly in shapes:  # drawing order: later shapes cover earlier ones
-        label_map[polygon_mask(poly, height, width)] = class_index + 1
-    return image, label_map
-
-
-def make_ade_dataset(root: str, seed: int = 0, num_train: int = 64, num_val: int = 16,
-                     size: Union[int, Tuple[int, int]] = (64, 80),
-                     max_shapes: int = 3) -> str:
-    """Write a tiny ADE20K-format dataset of shapes under ``root`` and return ``root``.
-
-    Args:
-        root (str): Output folder (created if missing).
-        seed (int): Seed of the generator; the same seed writes the same files.
-        num_train (int): Images in ``training``.
-        num_val (int): Images in ``validation``.
-        size (int | tuple[int, int]): Image size, ``(height, width)`` or one int.
-        max_shapes (int): Most shapes per image (at least one each).
-
-    Returns:
-        str: ``root``.
-    """
-    height, width = _as_size(size)
-    if num_train < 1 or num_val < 1 or max_shapes < 1:
-        raise ValueError('num_train, num_val and max_shapes must be >= 1, got '
-                         f'{num_train}, {num_val}, {max_shapes}')
-    rng = np.random.default_rng(seed)
-    for split, count in zip(SPLITS, (num_train, num_val)):
-        image_dir = osp.join(root, 'images', split)
-        label_dir = osp.join(root, 'annotations', split)
-        os.makedirs(image_dir, exist_ok=True)
-        os.makedirs(label_dir, exist_ok=True)
-        for i in range(count):
-            image, label_map = draw_labelled_scene(rng, height, width, max_shapes)
-            name = f'ADE_{split}_{i:05d}'
-            Image.fromarray(image).save(osp.join(image_dir, name + '.jpg'), quality=95)
-            Image.fromarray(label_map).save(osp.join(label_dir, name + '.png'))
-    return root

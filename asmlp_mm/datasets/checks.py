@@ -12,6 +12,7 @@ import os.path as osp
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.fileio import LocalBackend, get_file_backend
+from PIL import Image
 
 SHOWN = 5  # names quoted in an error; the rest are counted
 
@@ -171,72 +172,17 @@ def local_file(path: str, backend_args: Optional[dict] = None) -> Optional[str]:
     return path if isinstance(backend, LocalBackend) and osp.isfile(path) else None
 
 
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-
-def png_bit_depth(path: str) -> Optional[int]:
-    """The bit depth per sample (1, 2, 4, 8 or 16) of the PNG file ``path``, read from its
-    header; ``None`` if it is not a PNG file."""
-    with open(path, 'rb') as f:
-        head = f.read(25)
-    if len(head) < 25 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b'IHDR':
-        return None
-    return head[24]
-
-
 JPEG_START = b'\xff\xd8'
 JPEG_END = b'\xff\xd9'
-# markers of no length: TEM and the restart markers RST0..RST7 (and SOI, checked apart)
-_STANDALONE = {0x01} | set(range(0xD0, 0xD8))
-
-
-def jpeg_end(data: bytes) -> Optional[int]:
-    """The offset just past the end-of-image marker of the JPEG stream ``data`` (which
-    starts with the start-of-image marker), or ``None`` if ``data`` ends before it: a file
-    cut short. Segments are skipped by their length (so that an EXIF thumbnail's marker
-    does not count) and the compressed data of a scan up to its next marker; bytes
-    after the end (data that some cameras append) do not matter."""
-    pos, size = len(JPEG_START), len(data)
-    while pos + 1 < size:
-        if data[pos] != 0xFF:  # garbage between segments, which decoders skip
-            pos = data.find(b'\xff', pos)
-            if pos < 0:
-                return None
-            continue
-        marker = data[pos + 1]
-        if marker == 0xFF:  # a fill byte
-            pos += 1
-            continue
-        if marker == JPEG_END[1]:
-            return pos + 2
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if pos + 4 > size:
-            return None
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
-        if marker != 0xDA:  # not the start of a scan
-            continue
-        while True:  # compressed data: 0xFF is followed by 0x00 (stuffing), RSTn or fill
-            pos = data.find(b'\xff', pos)
-            if pos < 0 or pos + 1 >= size:
-                return None
-            follower = data[pos + 1]
-            if follower == 0xFF:
-                pos += 1
-            elif follower == 0x00 or 0xD0 <= follower <= 0xD7:
-                pos += 2
-            else:
-                break
-    return None
 
 
 def jpeg_cut_short(path: str, tail_bytes: int = 1024) -> bool:
     """Whether ``path`` is a JPEG file that ends before its end-of-image marker (cut short
     in copying or downloading). OpenCV decodes such a file without an error, with the
     missing part gray. A file that ends with the marker (zero bytes or white space after
-    it allowed) is read no further than its last ``tail_bytes``; others are parsed whole
-    (:func:`jpeg_end`). Not a JPEG file: ``False``."""
+    it allowed) is read no further than its last ``tail_bytes``; others (data appended
+    after the image, or a file cut short) are decoded by pillow, which stops with an error
+    where the data ends early (``tail_bytes=0``: every file). Not a JPEG file: ``False``."""
     with open(path, 'rb') as f:
         if f.read(2) != JPEG_START:
             return False
@@ -244,8 +190,12 @@ def jpeg_cut_short(path: str, tail_bytes: int = 1024) -> bool:
         f.seek(max(f.tell() - tail_bytes, 0))
         if f.read().rstrip(b'\x00 \t\r\n').endswith(JPEG_END):
             return False
-        f.seek(0)
-        return jpeg_end(f.read()) is None
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError):  # "image file is truncated", a header cut short
+        return True
+    return False
 
 
 def check_image_complete(load: Callable, results: dict) -> Optional[dict]:
