@@ -1,7 +1,7 @@
-"""Helpers of the tests: running the tools (train.py, test.py, the dist scripts) in
-subprocesses, random model weights, this process's memory mappings, and the skip markers of
-tests that need a newer torch or a package that a CI leg lacks. pytest puts this folder on
-``sys.path``: ``from helpers import run_tool``."""
+"""Helpers of the tests: importing the tools and running them (train.py, test.py, the dist
+scripts) in subprocesses, random model weights, this process's memory mappings, and the
+skip markers of tests that need a newer torch or a package that a CI leg lacks. pytest
+puts this folder on ``sys.path``: ``from helpers import run_tool``."""
 import importlib.util
 import os
 import os.path as osp
@@ -30,6 +30,17 @@ def needs_packages(*names: str):
     leg of the CI (tools/ci/torch21.sh) has mmcv-lite, without mmdet and mmseg."""
     missing = [name for name in names if importlib.util.find_spec(name) is None]
     return pytest.mark.skipif(bool(missing), reason=f'{", ".join(missing)} not installed')
+
+
+def load_tool(path: str):
+    """The module of the tool ``tools/PATH`` (e.g. 'analysis/get_flops.py'), imported from
+    its file without running its main: tools import only the package, so no ``sys.path``
+    entry is needed."""
+    name = osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(*args, cwd, env=None, threads=None):

@@ -1,6 +1,5 @@
 """The model zoo metafiles, tools/analysis/get_flops.py and receptive_field.py."""
 import glob
-import importlib.util
 import os.path as osp
 import re
 import shlex
@@ -10,32 +9,22 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from helpers import load_tool
 
-from asmlp_mm import paper
+from asmlp_mm.analysis import paper
 from asmlp_mm.analysis import build_model_from_config, count_flops, count_params
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ANALYSIS = osp.join(ROOT, 'tools', 'analysis')
 CLS_TINY = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 DEMO_DET = osp.join(ROOT, 'configs', 'demo', 'cascade-mask-rcnn_asmlp-demo_fpn_shapes-coco.py')
 DEMO_SEG = osp.join(ROOT, 'configs', 'demo', 'upernet_asmlp-demo_shapes-ade.py')
 ZOO_FOLDERS = ('asmlp', 'mask_rcnn', 'cascade_mask_rcnn', 'upernet')
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ANALYSIS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-get_flops = load_tool('get_flops')
-erf_tool = load_tool('receptive_field')
-zoo_table = load_tool('model_zoo_table')
-_spec = importlib.util.spec_from_file_location(
-    'asmlp_to_mm', osp.join(ROOT, 'tools', 'model_converters', 'asmlp_to_mm.py'))
-converter = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(converter)
+get_flops = load_tool('analysis/get_flops.py')
+erf_tool = load_tool('analysis/receptive_field.py')
+zoo_table = load_tool('analysis/model_zoo_table.py')
+converter = load_tool('model_converters/asmlp_to_mm.py')
 
 # The checkpoints the authors' READMEs publish (their "model" columns): the OneDrive share
 # of each, and the authors' repository
@@ -59,7 +48,8 @@ def test_every_metafile_entry_points_to_an_existing_config():
     models = paper.load_models()
     assert len(models) == 17  # 4 classifiers, 4 Mask R-CNN, 6 Cascade, 3 UperNet
     collections = set()
-    for path in paper.metafile_paths():
+    index = yaml.safe_load(open(osp.join(ROOT, 'model-index.yml')))
+    for path in (osp.join(ROOT, p) for p in index['Import']):
         collections |= {c['Name'] for c in yaml.safe_load(open(path))['Collections']}
     for model in models:
         assert osp.isfile(model.config_path()), model.config
@@ -424,10 +414,10 @@ def test_analysis_tools_refuse_a_checkpoint_of_another_model(tmp_path):
                        '--out', str(tmp_path / 'erf.png')])
     assert 'shape of patch_embed.proj.weight: (16, 3, 4, 4)' in str(err.value)
     with pytest.raises(SystemExit, match=r'does not fit the classifier of .*narrow\.py'):
-        load_tool('vis_cam').main([str(tmp_path / 'img.png'), narrow,
+        load_tool('analysis/vis_cam.py').main([str(tmp_path / 'img.png'), narrow,
                                    str(tmp_path / 'wide.pth')])
     with pytest.raises(SystemExit, match='not a classification'):
-        load_tool('vis_cam').main([str(tmp_path / 'img.png'), DEMO_SEG,
+        load_tool('analysis/vis_cam.py').main([str(tmp_path / 'img.png'), DEMO_SEG,
                                    str(tmp_path / 'wide.pth')])
     assert not (tmp_path / 'erf.png').exists()
 
@@ -465,7 +455,7 @@ def test_cam_through_mmpretrain_vis_cam(tmp_path, monkeypatch):
     image = np.random.RandomState(0).randint(0, 255, (96, 128, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / 'img.png'), image)
     out = tmp_path / 'cam.png'
-    cam_tool = load_tool('vis_cam')
+    cam_tool = load_tool('analysis/vis_cam.py')
     # options before the positional arguments, as mmpretrain's own parser takes them
     cam_tool.main(['--method', 'gradcam', '--target-category', '1', '--save-path', str(out),
                    str(tmp_path / 'img.png'), str(config), str(tmp_path / 'tiny.pth')])

@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import load_tool
+
+from asmlp_mm.fast import memory
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-
-import benchmark  # noqa: E402
-
-from asmlp_mm.engine import memory  # noqa: E402
+benchmark = load_tool('analysis/benchmark.py')
 
 CLS_DEMO = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
 CLS_TINY = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')

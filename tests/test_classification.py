@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import run_tool
 
-from asmlp_mm import paper
+from asmlp_mm.analysis import paper
 from asmlp_mm.analysis import build_model_from_config, count_flops, count_params
 from asmlp_mm.datasets import make_classification_folder
-from asmlp_mm.engine import memory
+from asmlp_mm.fast import memory
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSIFIERS = [m for m in paper.load_models() if m.task == 'Image Classification']
@@ -125,7 +125,7 @@ def test_tiny_train_and_test_through_tools(tmp_path):
                    '--resume', *opts[:-2], 'train_cfg.max_epochs=3', cwd=tmp_path)
     assert 'resumed epoch: 2' in out.lower() or 'Load checkpoint from' in out
     if not (os.environ.get(memory.ENV_SWITCH) or memory.allocator_settings()):
-        assert 'glibc keeps the memory it frees' in out  # a CPU run: tools/_common.py
+        assert 'glibc keeps the memory it frees' in out  # a CPU run: asmlp_mm.engine.cli
     assert (work / 'epoch_3.pth').is_file()
     out = run_tool(osp.join(ROOT, 'tools', 'test.py'), config, str(work / 'epoch_3.pth'),
                    '--work-dir', str(work), '--show-dir', 'drawn', '--out', 'preds.pkl',
@@ -162,10 +162,9 @@ def test_demo_learns_the_shapes(tmp_path):
     images per class, its 40 epochs) ends well above chance (33.3% on three classes); it
     once stayed at chance, remembering colours. About 70 s on one thread."""
     import json
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import make_demo_data
-    data = make_demo_data.write_dataset('cls', str(tmp_path / 'shapes_cls'))
+
+    from asmlp_mm.datasets.demo_data import write_dataset
+    data = write_dataset('cls', str(tmp_path / 'shapes_cls'))
     work = tmp_path / 'work'
     config = osp.join(ROOT, 'configs', 'demo', 'asmlp-demo_1xb8_shapes-cls.py')
     opts = ['--cfg-options'] + [f'{loader}.dataset.data_root={data}' for loader in (

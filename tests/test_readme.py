@@ -6,15 +6,15 @@ import subprocess
 import sys
 
 import pytest
+from helpers import load_tool
+
+from asmlp_mm.analysis import paper
+from asmlp_mm.datasets import demo_data
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-
-import demo  # noqa: E402
-from model_zoo_table import readme_zoo, zoo_markdown  # noqa: E402
-
-from asmlp_mm import paper  # noqa: E402
+demo = load_tool('demo.py')
+zoo_table = load_tool('analysis/model_zoo_table.py')
+readme_zoo, zoo_markdown = zoo_table.readme_zoo, zoo_table.zoo_markdown
 
 
 def read(path):
@@ -201,10 +201,9 @@ def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
             with open(osp.join(ROOT, args[args.index('--dump-metrics') + 1]), 'w') as f:
                 json.dump({'accuracy/top1': 50.0}, f)
 
-    import asmlp_mm.analysis
     monkeypatch.setattr(demo, 'run', run)
-    monkeypatch.setattr(demo.make_demo_data, 'is_up_to_date', lambda *a, **k: True)
-    monkeypatch.setattr(asmlp_mm.analysis, 'save_initial_weights', lambda *a: None)
+    monkeypatch.setattr(demo, 'is_up_to_date', lambda *a, **k: True)
+    monkeypatch.setattr(demo, 'save_initial_weights', lambda *a: None)
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -217,14 +216,13 @@ def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
 
 def test_make_demo_data_writes_the_datasets(tmp_path):
     """The demo's data step, tools/make_demo_data.py KIND ROOT: every kind names a generator
-    of asmlp_mm.datasets, and the command line writes a dataset."""
-    import importlib
+    of asmlp_mm.datasets.shapes, and the command line writes a dataset."""
     import subprocess
 
-    import make_demo_data
-    assert set(make_demo_data.GENERATORS) == {kind for kind, *_ in demo.TASKS.values()}
-    for module, func, *_ in make_demo_data.GENERATORS.values():
-        assert callable(getattr(importlib.import_module(f'asmlp_mm.datasets.{module}'), func))
+    from asmlp_mm.datasets import shapes
+    assert set(demo_data.GENERATORS) == {kind for kind, *_ in demo.TASKS.values()}
+    for func, *_ in demo_data.GENERATORS.values():
+        assert callable(getattr(shapes, func))
     root = tmp_path / 'cls'
     result = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'make_demo_data.py'),
                              'cls', str(root), '--num-train', '2'],
@@ -232,29 +230,28 @@ def test_make_demo_data_writes_the_datasets(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'wrote the cls demo dataset to {root}' in result.stdout
     assert len(list((root / 'train').rglob('*.png'))) == 2 * 3  # per class
-    assert make_demo_data.is_up_to_date(str(root), 'cls', num_train=2)
+    assert demo_data.is_up_to_date(str(root), 'cls', num_train=2)
 
 
 def test_demo_data_of_another_version_is_moved_aside_not_reused(tmp_path, capsys):
     """tools/demo.py reuses a dataset folder only when its manifest matches; one written
     with other arguments or by an older version (no manifest) is moved aside, not mixed
     into the new dataset, and not deleted."""
-    import make_demo_data
     root = str(tmp_path / 'shapes_cls')
-    make_demo_data.write_dataset('cls', root, num_train=3)
-    assert make_demo_data.is_up_to_date(root, 'cls', num_train=3)
-    assert not make_demo_data.is_up_to_date(root, 'cls')  # the demo's 200 per class
-    assert not make_demo_data.is_up_to_date(root, 'cls', seed=1, num_train=3)
+    demo_data.write_dataset('cls', root, num_train=3)
+    assert demo_data.is_up_to_date(root, 'cls', num_train=3)
+    assert not demo_data.is_up_to_date(root, 'cls')  # the demo's 200 per class
+    assert not demo_data.is_up_to_date(root, 'cls', seed=1, num_train=3)
 
-    make_demo_data.write_dataset('cls', root, num_train=1)
+    demo_data.write_dataset('cls', root, num_train=1)
     assert 'moved it to' in capsys.readouterr().out
     assert len(list((tmp_path / 'shapes_cls' / 'train').rglob('*.png'))) == 1 * 3
     assert len(list((tmp_path / 'shapes_cls.old' / 'train').rglob('*.png'))) == 3 * 3
 
-    os.remove(osp.join(root, make_demo_data.MANIFEST))  # as an older version left it
-    assert not make_demo_data.is_up_to_date(root, 'cls', num_train=1)
-    make_demo_data.write_dataset('cls', root, num_train=1)
-    assert make_demo_data.is_up_to_date(root, 'cls', num_train=1)
+    os.remove(osp.join(root, demo_data.MANIFEST))  # as an older version left it
+    assert not demo_data.is_up_to_date(root, 'cls', num_train=1)
+    demo_data.write_dataset('cls', root, num_train=1)
+    assert demo_data.is_up_to_date(root, 'cls', num_train=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         'shapes_cls', 'shapes_cls.old', 'shapes_cls.old-1']
 

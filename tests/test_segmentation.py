@@ -22,9 +22,10 @@ from mmengine.registry import MODELS, PARAM_SCHEDULERS, DefaultScope
 from mmengine.runner import set_random_seed
 from PIL import Image
 
-from asmlp_mm import ASMLP, paper
-from asmlp_mm.analysis import build_model_from_config, count_params, save_initial_weights
-from asmlp_mm.datasets.ade import SHAPE_CLASSES, ShapesADE20KDataset, make_ade_dataset
+from asmlp_mm import ASMLP
+from asmlp_mm.analysis import build_model_from_config, count_params, paper, save_initial_weights
+from asmlp_mm.datasets.ade import ShapesADE20KDataset
+from asmlp_mm.datasets.shapes import SHAPE_CLASSES, make_ade_dataset
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 UPERNET = osp.join(ROOT, 'configs', 'upernet')

@@ -186,7 +186,7 @@ def test_missing_data_ends_the_tools_with_the_message_not_a_traceback(tmp_path):
     assert ("CheckedCocoDataset: the annotation file 'nowhere/annotations/instances_train.json'"
             f" does not exist (looked for in {str(tmp_path)!r}). COCO 2017 is expected") in out
     assert 'Traceback' not in out
-    assert 'pkg_resources is deprecated' not in out  # asmlp_mm.compat: noise users cannot act on
+    assert 'pkg_resources is deprecated' not in out  # asmlp_mm.runtime: noise users cannot act on
 
 
 @pytest.mark.parametrize('tool', [TRAIN, TEST])
@@ -194,7 +194,7 @@ def test_a_missing_annotation_file_of_the_evaluator_is_named_with_its_option(tmp
     """COCO's metric opens its ann_file when the runner builds it (after the datasets):
     FileNotFoundError with a traceback. The tools name the evaluator they build and its
     option (tools/test.py with --out built its evaluator before the check)."""
-    from asmlp_mm.datasets.coco import make_coco_dataset
+    from asmlp_mm.datasets.shapes import make_coco_dataset
     root = make_coco_dataset(str(tmp_path / 'coco'), num_train=2, num_val=2)
     key = 'val_evaluator' if tool == TRAIN else 'test_evaluator'
     (tmp_path / 'ckpt.pth').write_bytes(b'')  # not read: the evaluator fails first
@@ -230,8 +230,7 @@ def test_checking_the_work_dir_leaves_no_folders_behind(tmp_path):
     """The check makes nothing (a run refused later, e.g. for a cfg option, leaves nothing
     behind; the processes of a distributed run check at once), and refuses a folder it
     cannot write in."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from _common import check_work_dir
+    from asmlp_mm.engine.cli import check_work_dir
     check_work_dir(str(tmp_path / 'a' / 'b' / 'c'))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / 'kept').mkdir()
@@ -247,8 +246,7 @@ def test_a_data_error_is_its_message_and_the_traceback_of_its_cause():
     """The tools print a DataError without a traceback; where it wraps another error (a
     label map that the configured decoder could not read: a missing tifffile gave
     AttributeError), that error's traceback follows, which points at the real problem."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from _common import run_loop
+    from asmlp_mm.engine.cli import run_loop
 
     from asmlp_mm.datasets.checks import InvalidDataError, MissingDataError
 
@@ -299,8 +297,7 @@ def test_a_data_error_of_a_dataloader_worker_reads_as_in_the_main_process(wrappe
     """A DataLoader worker's error arrives as a new error whose message is the worker's
     traceback; the tools print the original message (and the cause's traceback), not the
     traceback of the checks."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from _common import data_error_text
+    from asmlp_mm.engine.cli import data_error_text
 
     from asmlp_mm.datasets.checks import InvalidDataError
     loader = torch.utils.data.DataLoader(_BadLabels(wrapped), num_workers=1)

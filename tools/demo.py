@@ -31,11 +31,11 @@ import sys
 import time
 from typing import Optional
 
+from asmlp_mm.analysis import save_initial_weights
+from asmlp_mm.datasets.demo_data import is_up_to_date
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-
-import make_demo_data  # noqa: E402
 
 # task -> (data kind for make_demo_data.py, data folder, config, metrics to report,
 #          extra test runs {name: extra test.py args})
@@ -124,7 +124,7 @@ def evaluate(config, checkpoint, work_dir, name, extra=()):
 def run_task(task, work_root):
     kind, data_root, config, keys, extra_tests = TASKS[task]
     work_dir = osp.join(work_root, task)
-    if not make_demo_data.is_up_to_date(osp.join(ROOT, data_root), kind):
+    if not is_up_to_date(osp.join(ROOT, data_root), kind):
         run('tools/make_demo_data.py', kind, data_root, log=osp.join(work_dir, 'data.log'))
     run('tools/train.py', config, '--work-dir', work_dir,
         log=osp.join(work_dir, 'train.log'))
@@ -137,8 +137,6 @@ def run_task(task, work_root):
         results[f'after training, {name}'] = evaluate(config, trained, work_dir, name,
                                                       list(args))
     init = osp.join(work_dir, 'init.pth')
-    sys.path.insert(0, ROOT)
-    from asmlp_mm.analysis import save_initial_weights
     logging.disable(logging.INFO)  # mmengine's table of every initialized weight
     try:
         save_initial_weights(osp.join(ROOT, config), init)

@@ -12,9 +12,11 @@ import json
 import os
 import os.path as osp
 
-from _common import add_common_args, exit_after_success, load_config, run_loop
 from mmengine.config import ConfigDict
 from mmengine.runner import Runner
+
+from asmlp_mm.engine.cli import (add_common_args, exit_after_success, load_run_config,
+                                 output_file_problem, run_loop)
 
 
 def parse_args():
@@ -66,8 +68,7 @@ def warn_drawing_on_one_process(runner):
 
 def check_output_file(path: str, option: str, suffixes=()) -> None:
     """Refuse, before the evaluation rather than after it, an output file that cannot be
-    written (``asmlp_mm.analysis.output_file_problem``); then create its folder."""
-    from asmlp_mm.analysis import output_file_problem
+    written (:func:`asmlp_mm.engine.cli.output_file_problem`); then create its folder."""
     problem = output_file_problem(path, suffixes)
     if problem:
         raise SystemExit(f'{option} {problem}')
@@ -85,7 +86,7 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
-    cfg = load_config(args)
+    cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
     without_training(cfg)
     if args.dump_metrics:

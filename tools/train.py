@@ -5,8 +5,12 @@
 """
 import argparse
 
-from _common import add_common_args, exit_after_success, load_config, run_loop
 from mmengine.runner import Runner
+
+from asmlp_mm.engine import find_resumable_checkpoint
+from asmlp_mm.engine.cli import (add_common_args, exit_after_success, load_run_config,
+                                 run_loop)
+from asmlp_mm.runtime import enable_amp
 
 
 def parse_args():
@@ -28,13 +32,11 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_run_config(args)
     if args.amp:
-        from asmlp_mm.compat import enable_amp
         enable_amp(cfg)
     if args.resume == 'auto':
         # the newest checkpoint that loads (a save cut off by a crash is skipped)
-        from asmlp_mm.engine import find_resumable_checkpoint
         found = find_resumable_checkpoint(cfg.work_dir)
         # without one, mmengine's own search would pick a broken file; the run starts as
         # without --resume (from the config's load_from, if it has one)

@@ -9,6 +9,7 @@ import inspect
 from typing import Optional
 
 from mmengine.config import Config
+from mmengine.runner import Runner
 
 
 class CfgOptionsError(ValueError):
@@ -42,7 +43,6 @@ def check_cfg_options(cfg: Config, options: dict, config_path: str) -> None:
     config are accepted (``data_preprocessor`` only where the model has none: mmseg's
     configs write theirs into the model). Raises :class:`CfgOptionsError`.
     """
-    from mmengine.runner import Runner
     read = set(inspect.signature(Runner.__init__).parameters) - {'self'} | READ_FROM_CFG
     model_has_one = isinstance(cfg.get('model'), dict) and \
         cfg.model.get('data_preprocessor') is not None

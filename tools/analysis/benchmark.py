@@ -53,18 +53,20 @@ import os
 import os.path as osp
 import platform
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.config import DictAction
+from mmengine.model import revert_sync_batchnorm
+
+from asmlp_mm.analysis import TensorForward, build_model_from_config, data_samples, paper
+from asmlp_mm.engine.cli import load_config, output_file_problem
+from asmlp_mm.runtime import cpu_autocast_modules
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 TINY_CONFIG = osp.join(ROOT, 'configs/asmlp/asmlp-tiny_8xb128_in1k.py')
 # (channels, size) of AS-MLP-T's stage 1 and stage 3 at 224x224
 SHIFT_SHAPES = {'stage1': (96, 56), 'stage3': (384, 14)}
@@ -210,7 +212,7 @@ class Runner:
         amp (bool): Run under autocast (bf16 on CPU, fp16 with a grad scaler on CUDA).
         cpu_autocast_only (tuple, optional): ``(module, names)``: with ``amp`` on CPU,
             autocast only those submodules of ``module`` (see
-            :func:`asmlp_mm.compat.autocast_inside`), as ``tools/train.py --amp`` does
+            :func:`asmlp_mm.runtime.autocast_inside`), as ``tools/train.py --amp`` does
             for detectors (mmcv's CPU ``nms`` and ``RoIAlign`` take float32 only).
     """
 
@@ -233,7 +235,7 @@ class Runner:
 
     def autocast(self):
         if self.amp and self.device.type == 'cpu' and self.cpu_autocast_only:
-            from asmlp_mm.compat import autocast_inside
+            from asmlp_mm.runtime import autocast_inside
             root, names = self.cpu_autocast_only
             return autocast_inside(root, names, 'cpu', torch.bfloat16)
         return autocast(self.device, self.amp)
@@ -286,51 +288,10 @@ def make_inputs(batch: int, shape: Sequence[int], device: torch.device,
 
 # ---------------------------------------------------------------- models
 
-class TensorForward(nn.Module):
-    """``model(inputs, data_samples, mode='tensor')`` of an OpenMMLab model, as one call.
-
-    Args:
-        model (nn.Module): A classifier, detector or segmentor (``BaseModel``).
-        data_samples (list, optional): Data samples (image metas) the forward needs.
-    """
-    #: names of the submodules that bf16 autocast on CPU is limited to (None: all)
-    cpu_autocast_only: Optional[List[str]] = None
-
-    def __init__(self, model: nn.Module, data_samples: Optional[list] = None):
-        super().__init__()
-        self.model = model
-        self.data_samples = data_samples
-
-    def forward(self, inputs):
-        return self.model(inputs, self.data_samples, mode='tensor')
-
-
-def data_samples_for(scope: str, batch: int, height: int, width: int) -> Optional[list]:
-    """Image metas for detectors and segmentors (classifiers need none)."""
-    if scope not in ('mmdet', 'mmseg'):
-        return None
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), scale_factor=(1., 1.), batch_input_shape=(
-                    height, width))
-    if scope == 'mmdet':
-        from mmdet.structures import DetDataSample as Sample
-    else:
-        from mmseg.structures import SegDataSample as Sample
-    return [Sample(metainfo=meta) for _ in range(batch)]
-
-
 def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
                       cfg_options: Optional[dict] = None) -> nn.Module:
     """The backbone, or the whole model behind a plain ``forward(images)``."""
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-
-    from asmlp_mm.analysis import build_model_from_config
-    from asmlp_mm.compat import cpu_autocast_modules
-    from asmlp_mm.engine.options import merge_cfg_options
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = merge_cfg_options(Config.fromfile(config), cfg_options, config)
+    cfg = load_config(config, cfg_options)
     model = revert_sync_batchnorm(build_model_from_config(cfg))
     if part == 'backbone':
         if not hasattr(model, 'backbone'):
@@ -339,8 +300,7 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
     if getattr(model, 'auxiliary_head', None) is not None:
         model.auxiliary_head = None  # only trains; not part of a forward
     scope = cfg.get('default_scope', 'mmpretrain')
-    samples = data_samples_for(scope, batch, shape[0], shape[-1])
-    wrapped = TensorForward(model, samples)
+    wrapped = TensorForward(model, data_samples(scope, batch, shape[0], shape[-1]))
     only = cpu_autocast_modules(cfg)  # as tools/train.py --amp (enable_amp)
     if only is not None:
         wrapped.cpu_autocast_only = [f'model.{name}' for name in only]
@@ -350,10 +310,7 @@ def build_from_config(config: str, part: str, batch: int, shape: Sequence[int],
 def build_ours() -> nn.Module:
     """AS-MLP-T classifier of ``configs/asmlp``, returning logits; drop path off, as in
     the published model, which has none."""
-    from mmengine.config import Config
-
-    from asmlp_mm.analysis import build_model_from_config
-    cfg = Config.fromfile(TINY_CONFIG)
+    cfg = load_config(TINY_CONFIG)
     cfg.model.backbone.drop_path_rate = 0.
     cfg.model.pop('train_cfg', None)  # mixup/cutmix act in the data preprocessor only
     return TensorForward(build_model_from_config(cfg))
@@ -425,7 +382,7 @@ def machine_info(device: torch.device) -> dict:
     if device.type == 'cpu':
         info['shift_kernel'] = cpu_kernel.enabled()
         info['shift_huge_pages'] = cpu_kernel.huge_pages()
-    from asmlp_mm.engine import memory
+    from asmlp_mm.fast import memory
     info.update(memory.allocator_settings())
     if memory.applied():
         info['keep_freed_memory'] = True
@@ -643,7 +600,6 @@ def protocol_deviations(args) -> List[str]:
 
 def run_paper_protocol(args) -> dict:
     """Throughput of one config as the authors measured theirs, beside the paper's."""
-    from asmlp_mm import paper
     device = torch.device(args.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # as main.py sets it
@@ -684,8 +640,6 @@ def run_paper_protocol(args) -> dict:
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-    from asmlp_mm.analysis import output_file_problem
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', nargs='?', help='config file (not needed with --compare)')
     parser.add_argument('--compare', action='store_true',
@@ -720,7 +674,7 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, help='torch.set_num_threads')
     parser.add_argument('--keep-memory', action='store_true',
                         help='let glibc keep the memory the process frees, as tools/train.py '
-                        'and test.py do on CPU (asmlp_mm.engine.keep_freed_memory)')
+                        'and test.py do on CPU (asmlp_mm.fast.keep_freed_memory)')
     parser.add_argument('--out', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
@@ -781,7 +735,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_memory:
-        from asmlp_mm.engine import keep_freed_memory
+        from asmlp_mm.fast import keep_freed_memory
         keep_freed_memory()
     if args.out:  # its folder now, not after the run
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

@@ -1,7 +1,7 @@
 """Parameters and FLOPs of our configs, and a comparison with the paper's figures.
 
 FLOPs are multiply-accumulates (1 MAC = 1 FLOP), as the AS-MLP paper (and most vision
-papers) count them, measured by mmengine's ``FlopAnalyzer`` (``asmlp_mm.analysis``).
+papers) count them, measured by mmengine's ``FlopAnalyzer`` (:mod:`asmlp_mm.analysis`).
 
 * Classification and segmentation run the way the toolboxes' own ``get_flops`` run them:
   one random image of the given shape is packed, passed through the model's data
@@ -10,7 +10,7 @@ papers) count them, measured by mmengine's ``FlopAnalyzer`` (``asmlp_mm.analysis
   whole model, auxiliary head included, as the paper counts them (mmseg 1.x's get_flops
   leaves the auxiliary head out: 0.9M less for AS-MLP-T's UperNet).
 * Detection (``--rois``): ``paper`` (default) counts the convention of the paper's figures
-  (mmdet 2.x ``forward_dummy``, through :func:`asmlp_mm.analysis_det.detector_flops`):
+  (mmdet 2.x ``forward_dummy``, :func:`asmlp_mm.analysis.detection.detector_flops`):
   backbone, FPN and RPN on the image, every box head on 1000 RoIs and every mask head on
   100. ``rpn`` runs mmdet 3.x's get_flops way instead: the packed image through the data
   preprocessor (padded to a multiple of 32) and the ``'tensor'`` forward, whose RoI heads
@@ -25,124 +25,16 @@ Examples::
 """
 import argparse
 import os.path as osp
-import sys
 from typing import List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn as nn
+from mmengine.config import Config, DictAction
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from asmlp_mm.analysis import measure, paper
+from asmlp_mm.analysis.model_cost import (DEFAULT_SHAPES, PAPER_BOX_ROIS, PAPER_MASK_ROIS,
+                                          ROI_MODES)
+from asmlp_mm.engine.cli import load_config
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model import revert_sync_batchnorm  # noqa: E402
-
-from asmlp_mm import paper  # noqa: E402
-from asmlp_mm.analysis import build_model_from_config, count_flops, count_params  # noqa
-from asmlp_mm.engine.options import merge_cfg_options  # noqa: E402
-
-# input (H, W) when neither --shape nor the zoo gives one
-DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
-ROI_MODES = ('paper', 'rpn')
-PAPER_BOX_ROIS, PAPER_MASK_ROIS = 1000, 100
 MAC_NOTE = 'FLOPs are multiply-accumulates (1 MAC = 1 FLOP), as counted in the paper'
-
-
-class TensorForward(nn.Module):
-    """Runs ``model(inputs, data_samples, mode='tensor')``, with the samples bound.
-
-    Args:
-        model (nn.Module): An OpenMMLab ``BaseModel`` (classifier, detector, segmentor).
-        data_samples (list, optional): Data samples from the model's data preprocessor.
-    """
-
-    def __init__(self, model: nn.Module, data_samples: Optional[list]):
-        super().__init__()
-        self.model = model
-        self.data_samples = data_samples
-
-    def forward(self, inputs):
-        return self.model(inputs, self.data_samples, mode='tensor')
-
-
-def make_data_sample(scope: str, height: int, width: int):
-    """An empty data sample of the toolbox ``scope`` for one (height, width) image."""
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), scale_factor=(1., 1.))
-    if scope == 'mmdet':
-        from mmdet.structures import DetDataSample
-        return DetDataSample(metainfo=meta)
-    if scope == 'mmseg':
-        from mmseg.structures import SegDataSample
-        return SegDataSample(metainfo=meta)
-    from mmpretrain.structures import DataSample
-    return DataSample(metainfo=meta)
-
-
-def load_config(config: str, cfg_options: Optional[dict] = None) -> Config:
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config {config!r} does not exist')
-    try:
-        cfg = Config.fromfile(config)
-    except (OSError, SyntaxError) as err:  # not a .py/.yml/.json file; not Python
-        raise ValueError(f'config {config!r} cannot be read: {type(err).__name__}: '
-                         f'{err}') from None
-    if not isinstance(cfg.get('model'), dict):
-        raise ValueError(f'config {config!r} has no model')
-    return merge_cfg_options(cfg, cfg_options, config)
-
-
-def build_for_analysis(cfg: Config) -> nn.Module:
-    """The config's model in eval mode, SyncBN reverted."""
-    try:
-        model = build_model_from_config(cfg)
-    except (KeyError, TypeError) as err:  # an unknown type; an argument it does not take
-        raise ValueError(f'the model of the config cannot be built: {type(err).__name__}: '
-                         f'{err}') from None
-    return revert_sync_batchnorm(model).eval()
-
-
-def measure(cfg: Config, shape: Sequence[int], rois: str = 'paper', seed: int = 0) -> dict:
-    """Params and MACs of ``cfg.model`` on one random image of ``shape`` (H, W).
-
-    Args:
-        cfg (Config): A classification, detection or segmentation config.
-        shape (Sequence[int]): Input (H, W).
-        rois (str): Detectors only: 'paper' (1000 box RoIs, 100 mask RoIs per head) or
-            'rpn' (the tensor forward on the RPN's proposals).
-        seed (int): Seed of the random image.
-
-    Returns:
-        dict: ``params``, ``flops``, ``input_shape`` (what the model saw after the data
-        preprocessor) and, for ``rois='paper'``, ``parts`` (MACs per part).
-    """
-    height, width = int(shape[0]), int(shape[1])
-    if height < 1 or width < 1:
-        raise ValueError(f'--shape must be positive, got {list(shape)}')
-    if rois not in ROI_MODES:
-        raise ValueError(f'rois must be one of {ROI_MODES}, got {rois!r}')
-    scope = cfg.get('default_scope', 'mmpretrain')
-    model = build_for_analysis(cfg)
-    if scope == 'mmdet' and rois == 'paper':
-        from asmlp_mm.analysis_det import detector_flops
-        if any(getattr(model, part, None) is None for part in ('rpn_head', 'roi_head')):
-            raise ValueError(f'--rois paper counts the RoI heads of a two-stage detector as '
-                             f'the paper does; {type(model).__name__} has none: use --rois '
-                             f'rpn (its tensor forward)')
-        parts = detector_flops(model, (height, width), PAPER_BOX_ROIS, PAPER_MASK_ROIS)
-        return dict(params=count_params(model), flops=parts.pop('total'),
-                    input_shape=(height, width), parts=parts)
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randint(0, 256, (3, height, width), generator=generator,
-                          dtype=torch.uint8)
-    batch = dict(inputs=[image], data_samples=[make_data_sample(scope, height, width)])
-    with torch.no_grad():
-        data = model.data_preprocessor(batch, False)
-    inputs = data['inputs']
-    flops = count_flops(TensorForward(model, data['data_samples']), [inputs])
-    return dict(params=count_params(model), flops=flops,
-                input_shape=tuple(inputs.shape[-2:]))
 
 
 def shape_for(config: str, cfg: Config, shape: Optional[Sequence[int]]) -> Tuple[int, int]:

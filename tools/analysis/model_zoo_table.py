@@ -13,15 +13,10 @@ Example::
 """
 import argparse
 import os.path as osp
-import sys
 from collections import OrderedDict
 from typing import List
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from asmlp_mm import paper  # noqa: E402
+from asmlp_mm.analysis import paper
 
 
 def _metric_names(models: List[paper.PaperModel]) -> List[str]:

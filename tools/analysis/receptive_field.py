@@ -32,16 +32,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mmengine.config import Config, DictAction
+from mmengine.registry import MODELS
+
+from asmlp_mm.analysis import build_model_from_config
+from asmlp_mm.checkpoint_io import CheckpointError, load_fitting_weights
+from asmlp_mm.engine.cli import load_config as load_any_config
+from asmlp_mm.engine.cli import output_file_problem
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from mmengine.config import Config, DictAction  # noqa: E402
-
-from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
-from asmlp_mm.compat import CheckpointError  # noqa: E402
-from asmlp_mm.engine.options import merge_cfg_options  # noqa: E402
-
 DEFAULT_ASMLP = osp.join(ROOT, 'configs', 'asmlp', 'asmlp-tiny_8xb128_in1k.py')
 
 
@@ -54,31 +53,16 @@ OUTPUT_NORMS = 'norm[0-9].*'
 
 
 def load_config(spec: str, cfg_options: Optional[dict] = None) -> Config:
-    """The config of a config path or of an mmpretrain model name."""
-    if '::' in spec:  # a toolbox's own config, e.g. mmpretrain::resnet/resnet18_8xb32_in1k.py
-        from mmengine.hub import get_config
-        cfg = get_config(spec)
-    elif spec.endswith('.py') or osp.isfile(spec):
-        if not osp.isfile(spec):
-            raise FileNotFoundError(f'config {spec!r} does not exist')
-        cfg = Config.fromfile(spec)
-    else:
-        from mmpretrain.apis import ModelHub
-        try:
-            cfg = ModelHub.get(spec).config
-        except ValueError:
-            raise ValueError(f'{spec!r} is neither a config file nor an mmpretrain model '
-                             f'name (see mmpretrain.list_models())') from None
-    merge_cfg_options(cfg, cfg_options, spec)
-    if 'backbone' not in cfg.get('model', {}):
+    """The config of a config path, a toolbox's config or an mmpretrain model name, whose
+    model has a backbone."""
+    cfg = load_any_config(spec, cfg_options, model_names=True)
+    if 'backbone' not in cfg.model:
         raise ValueError(f'{spec}: the model has no backbone')
     return cfg
 
 
 def feature_map_overrides(cfg: Config) -> dict:
     """The :data:`FEATURE_MAP_OPTIONS` the config's backbone class accepts."""
-    from mmengine.registry import MODELS
-    import asmlp_mm  # noqa: F401  (registers ASMLP)
     with MODELS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
         backbone_cls = registry.get(cfg.model.backbone.type)
     if backbone_cls is None:
@@ -96,7 +80,6 @@ def load_backbone(spec: str, checkpoint: Optional[str] = None,
     model = build_model_from_config(cfg)
     backbone = model.backbone
     if checkpoint:  # the backbone's weights must all be there, with their shapes
-        from asmlp_mm.engine import load_fitting_weights
         # but for the output norms of the stages that the overrides add: a classifier
         # checkpoint has only the last stage's
         kept = load_fitting_weights(backbone, checkpoint, f'the backbone of {spec}',

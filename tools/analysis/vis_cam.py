@@ -18,7 +18,13 @@ import os.path as osp
 import runpy
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmcv
+
+from asmlp_mm.analysis import build_model_from_config
+from asmlp_mm.checkpoint_io import (CheckpointError, CheckpointMismatchError,
+                                    load_fitting_weights)
+# also the run-time fixes: mmpretrain's tool loads the checkpoint through mmengine
+from asmlp_mm.engine.cli import load_config, output_file_problem
 
 
 def mmpretrain_vis_cam() -> str:
@@ -41,12 +47,6 @@ def check_arguments(args) -> None:
     not a classifier, a checkpoint that does not fit it (mmpretrain would warn and draw
     random weights), target layers or classes the model does not have, and a place to
     save the map that cannot be written (or, with no display to show it, none)."""
-    import mmcv
-    from mmengine.config import Config
-    from asmlp_mm.analysis import build_model_from_config, output_file_problem
-    from asmlp_mm.compat import CheckpointError
-    from asmlp_mm.engine import CheckpointMismatchError, load_fitting_weights
-    from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options
     local_image = '://' not in args.img  # mmpretrain reads an image URL too
     for what, path in (('image', args.img if local_image else None), ('config', args.config),
                        ('checkpoint', args.checkpoint)):  # the checkpoint is checked locally
@@ -55,8 +55,8 @@ def check_arguments(args) -> None:
     if local_image and mmcv.imread(args.img) is None:
         raise SystemExit(f'error: {args.img!r} cannot be read as an image')
     try:
-        cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options, args.config)
-    except CfgOptionsError as err:
+        cfg = load_config(args.config, args.cfg_options)
+    except ValueError as err:
         raise SystemExit(f'error: {err}')
     if cfg.get('default_scope') != 'mmpretrain':
         raise SystemExit(f'error: {args.config} is not a classification (mmpretrain) config; '
@@ -93,9 +93,6 @@ def check_arguments(args) -> None:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    import asmlp_mm  # noqa: F401  registers ASMLP and the checkpoint loading fix
     try:
         import pytorch_grad_cam  # noqa: F401
     except ImportError:

@@ -37,22 +37,18 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from mmengine.config import Config, DictAction
+
+from asmlp_mm.analysis import build_model_from_config
+from asmlp_mm.checkpoint_io import (CheckpointError, describe_mismatches, foreign_objects,
+                                    load_local_checkpoint, state_dict_mismatches)
+from asmlp_mm.engine.cli import load_config, output_file_problem
+from asmlp_mm.models import ASMLP
+from asmlp_mm.models.weights import (MAX_LISTED, TASKS, ConversionError, checkpoint_parts,
+                                     convert_published, infer_task, is_our_layout, listed,
+                                     split_backbone)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from mmengine.config import Config, DictAction  # noqa: E402
-
-from asmlp_mm.analysis import build_model_from_config, output_file_problem  # noqa: E402
-from asmlp_mm.checkpoint_io import (CheckpointError, foreign_objects,  # noqa: E402
-                                    load_local_checkpoint)
-from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
-from asmlp_mm.models import ASMLP  # noqa: E402
-from asmlp_mm.models.weights import (MAX_LISTED, TASKS, ConversionError,  # noqa: E402
-                                     checkpoint_parts, convert_published, infer_task,
-                                     is_our_layout, listed, split_backbone)
-
 NUM_STAGES = ASMLP.num_stages
 
 
@@ -194,9 +190,7 @@ def build_target(task: str, arch: dict, converted: dict, state: dict,
         model.backbone = backbone
         return model, ('an ASMLP backbone of the detected arch (no config of ours for it: '
                        'pass --config to check the neck and heads too)'), True
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = merge_cfg_options(Config.fromfile(config), cfg_options, config)
+    cfg = load_config(config, cfg_options)
     if fitted and task == 'cls':
         fit_config_to_checkpoint(cfg, arch, converted)
     if 'backbone' not in cfg.model or cfg.model.backbone.get('type') != 'ASMLP':
@@ -204,34 +198,25 @@ def build_target(task: str, arch: dict, converted: dict, state: dict,
     return build_model_from_config(cfg), osp.relpath(config, os.getcwd()), False
 
 
-def check_fits(converted: dict, model: torch.nn.Module, arch: dict, target: str,
-               only_backbone: bool = False):
-    """Raise :class:`ConversionError` naming every difference; else load strictly."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in converted.items()
-           if not only_backbone or k.startswith('backbone.')}
-    missing = set(expected) - set(got)
-    unexpected = set(got) - set(expected)
-    wrong = {k for k in set(expected) & set(got) if expected[k] != got[k]}
-    if missing or unexpected or wrong:
-        lines = [f'the converted checkpoint does not fit {target}.',
-                 f'  checkpoint arch: {describe_arch(arch)}']
+def load_verified(converted: dict, model: torch.nn.Module, arch: dict, target: str,
+                  src: str, only_backbone: bool = False):
+    """Load ``converted`` (the keys of ``src`` converted) strictly into ``model``, or raise
+    :class:`ConversionError` with the differences
+    (:func:`asmlp_mm.checkpoint_io.state_dict_mismatches`) after the checkpoint's arch and
+    the model's."""
+    state = {k: v for k, v in converted.items()
+             if not only_backbone or k.startswith('backbone.')}
+    problems = state_dict_mismatches(model.state_dict(), state)
+    if problems:
+        archs = f'keys as converted; checkpoint arch: {describe_arch(arch)}'
         backbone = getattr(model, 'backbone', None)
         if isinstance(backbone, ASMLP):
-            lines.append(f'  model backbone: embed_dims={backbone.embed_dims}, depths='
-                         f'{[len(s.blocks) for s in backbone.stages]}, '
-                         f'out_indices={backbone.out_indices}')
-        if missing:
-            lines.append(f'  missing in the checkpoint ({len(missing)}): '
-                         f'{listed(missing, expected)}')
-        if unexpected:
-            lines.append(f'  not in the model ({len(unexpected)}): {listed(unexpected, got)}')
-        if wrong:
-            lines.append(f'  shape mismatch ({len(wrong)}): ' + ', '.join(
-                f'{k} checkpoint {got[k]} vs model {expected[k]}'
-                for k in sorted(wrong)[:MAX_LISTED]))
-        raise ConversionError('\n'.join(lines))
-    model.load_state_dict({k: converted[k] for k in got}, strict=True)
+            archs += (f'\n  model backbone: embed_dims={backbone.embed_dims}, depths='
+                      f'{[len(s.blocks) for s in backbone.stages]}, '
+                      f'out_indices={backbone.out_indices}')
+        raise ConversionError(describe_mismatches(src, problems, target,
+                                                  limit=MAX_LISTED, hint=archs))
+    model.load_state_dict(state, strict=True)
 
 
 # ----------------------------------------------------------------------------- meta
@@ -314,7 +299,7 @@ def convert(src: str, dst: str, task: Optional[str] = None, config: Optional[str
         log('dropped ' + message)
     model, target, only_backbone = build_target(task, arch, converted, state, config,
                                                 cfg_options)
-    check_fits(converted, model, arch, target, only_backbone=only_backbone)
+    load_verified(converted, model, arch, target, src, only_backbone=only_backbone)
     log(f'verified: loads strictly into {target}')
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(dict(state_dict=converted,
@@ -353,7 +338,7 @@ def main(argv=None):
     try:
         convert(args.src, args.dst, args.task, args.config, args.cfg_options,
                 args.drop_unmapped)
-    except (ConversionError, CheckpointError, FileNotFoundError, CfgOptionsError) as err:
+    except (ValueError, CheckpointError, FileNotFoundError) as err:  # ConversionError too
         raise SystemExit(f'error: {err}')
 
 

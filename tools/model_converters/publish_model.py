@@ -23,18 +23,13 @@ import argparse
 import hashlib
 import io
 import os.path as osp
-import sys
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from asmlp_mm.analysis import output_file_problem  # noqa: E402
-from asmlp_mm.checkpoint_io import (CheckpointError, foreign_objects,  # noqa: E402
-                                    load_local_checkpoint, weights_only_refusal)
-from asmlp_mm.engine import AtomicLocalBackend  # noqa: E402
+from asmlp_mm.checkpoint_io import (CheckpointError, foreign_objects, load_local_checkpoint,
+                                    weights_only_refusal)
+from asmlp_mm.engine.cli import output_file_problem
+from asmlp_mm.runtime.checkpoints import AtomicLocalBackend
 
 #: what a published checkpoint keeps
 KEPT = ('state_dict', 'meta')

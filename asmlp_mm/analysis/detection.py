@@ -5,7 +5,7 @@ The paper's detection FLOPs (1280x800) come from Swin's detection code, which ra
 whole image, then every box head on 1000 proposals and every mask head on 100 of them. The
 number of RoIs of a real forward pass depends on the image and the weights, so that fixed
 convention is what makes the figure comparable. :func:`detector_flops` counts the same parts
-with :func:`asmlp_mm.analysis.count_flops` (multiply-accumulates). RoIAlign and the box/mask
+with :func:`asmlp_mm.analysis.flops.count_flops` (multiply-accumulates). RoIAlign and the box/mask
 post-processing are not counted, as there.
 """
 from typing import Dict, Sequence
@@ -13,7 +13,7 @@ from typing import Dict, Sequence
 import torch
 import torch.nn as nn
 
-from .analysis import count_flops
+from .flops import count_flops
 
 
 def _heads_and_extractors(heads, extractors) -> list:

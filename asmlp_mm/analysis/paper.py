@@ -1,4 +1,5 @@
-"""The paper's figures, read from the model zoo metafiles (the one place they are written).
+"""The paper's figures, read from the model zoo metafiles (the one place they are written)
+with ``modelindex``, the reader of OpenMMLab's model index (``mim search`` uses it).
 
 ``model-index.yml`` at the repository root imports one ``metafile.yml`` per config folder
 in the OpenMMLab format. Each model entry names its config and carries the paper's results,
@@ -18,9 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-import yaml
+from modelindex.load_model_index import load
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MODEL_INDEX = 'model-index.yml'
 #: the fields every ``Converted From`` entry has (``File`` only where the authors name it)
 CONVERTED_FROM_FIELDS = ('Weights', 'Code', 'Command')
@@ -81,59 +82,59 @@ class PaperModel:
         return merged
 
 
-def _read_yaml(path: str):
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'model zoo file {path!r} does not exist')
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
-
-
-def _parse_model(entry: dict, metafile: str) -> PaperModel:
-    for key in ('Name', 'Config', 'In Collection'):
-        if key not in entry:
-            raise ValueError(f'{metafile}: model entry {entry.get("Name", entry)!r} has no '
+def _check_entry(model, metafile: str) -> None:
+    """Refuse a model entry without the fields the tools read, with its metafile."""
+    for key, value in (('Name', model.name), ('Config', model.config),
+                       ('In Collection', model.in_collection)):
+        if not value:
+            raise ValueError(f'{metafile}: model entry {model.name or model.data!r} has no '
                              f'{key!r} field')
-    meta = entry.get('Metadata', {}) or {}
-    shape = meta.get('FLOPs Input Shape')
-    if shape is not None:
-        # text, as mmseg writes its "Crop Size": mim's search takes no list of numbers
-        match = re.fullmatch(r'\((\d+), *(\d+)\)', str(shape))
-        if match is None:
-            raise ValueError(f'{metafile}: "FLOPs Input Shape" of {entry["Name"]} must be '
-                             f'"(H,W)", got {shape!r}')
-        shape = (int(match.group(1)), int(match.group(2)))
-    results = entry.get('Results', [])
-    if isinstance(results, dict):  # a single result may be written without a list
-        results = [results]
-    converted = entry.get('Converted From')
-    if converted is not None:
-        missing = [k for k in CONVERTED_FROM_FIELDS if not isinstance(converted, dict)
-                   or not isinstance(converted.get(k), str) or not converted[k]]
-        if missing:
-            raise ValueError(f'{metafile}: "Converted From" of {entry["Name"]} needs the '
-                             f'fields {CONVERTED_FROM_FIELDS} (text); missing or empty: '
-                             f'{missing}')
-        converted = dict(converted)
+
+
+def _flops_shape(shape, name: str, metafile: str) -> Optional[Tuple[int, int]]:
+    if shape is None:
+        return None
+    # text, as mmseg writes its "Crop Size": mim's search takes no list of numbers
+    match = re.fullmatch(r'\((\d+), *(\d+)\)', str(shape))
+    if match is None:
+        raise ValueError(f'{metafile}: "FLOPs Input Shape" of {name} must be "(H,W)", got '
+                         f'{shape!r}')
+    return int(match.group(1)), int(match.group(2))
+
+
+def _converted_from(converted, name: str, metafile: str) -> Optional[Dict[str, str]]:
+    if converted is None:
+        return None
+    missing = [k for k in CONVERTED_FROM_FIELDS if not isinstance(converted, dict)
+               or not isinstance(converted.get(k), str) or not converted[k]]
+    if missing:
+        raise ValueError(f'{metafile}: "Converted From" of {name} needs the fields '
+                         f'{CONVERTED_FROM_FIELDS} (text); missing or empty: {missing}')
+    return dict(converted)
+
+
+def _paper_model(model) -> PaperModel:
+    """A :class:`PaperModel` of a ``modelindex`` model entry."""
+    metafile = model.filepath
+    _check_entry(model, metafile)
+    meta = dict(model.metadata.data) if model.metadata is not None else {}
     return PaperModel(
-        name=entry['Name'], config=entry['Config'], collection=entry['In Collection'],
+        name=model.name, config=model.config, collection=model.in_collection,
         params=meta.get('Parameters'), flops=meta.get('FLOPs'),
-        flops_shape=shape,
-        results=list(results), metadata=dict(meta), weights=entry.get('Weights'),
-        converted_from=converted)
-
-
-def metafile_paths(root: str = REPO_ROOT) -> List[str]:
-    """The metafiles ``model-index.yml`` imports, as absolute paths."""
-    index = _read_yaml(osp.join(root, MODEL_INDEX))
-    return [osp.join(root, p) for p in index.get('Import', [])]
+        flops_shape=_flops_shape(meta.get('FLOPs Input Shape'), model.name, metafile),
+        results=[dict(Task=r.task, Dataset=r.dataset, Metrics=r.metrics)
+                 for r in model.results or []],
+        metadata=meta, weights=model.weights,
+        converted_from=_converted_from(model.data.get('Converted From'), model.name,
+                                       metafile))
 
 
 def load_models(root: str = REPO_ROOT) -> List[PaperModel]:
     """Every model entry of every metafile that ``model-index.yml`` imports."""
-    models = []
-    for path in metafile_paths(root):
-        models += [_parse_model(m, path) for m in _read_yaml(path).get('Models', [])]
-    return models
+    index = osp.join(root, MODEL_INDEX)
+    if not osp.isfile(index):
+        raise FileNotFoundError(f'model zoo file {index!r} does not exist')
+    return [_paper_model(model) for model in load(index).models]
 
 
 def find_model(config: str, root: str = REPO_ROOT) -> Optional[PaperModel]:

@@ -1,7 +1,9 @@
-"""Shared parts of tools/train.py and tools/test.py: one config loader for every toolbox.
+"""What the command-line tools share: the one config loader, the checks of their output
+paths, and running a loop with its errors as messages.
 
-The config's ``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') decides which toolbox
-builds the model, datasets and metrics; nothing here depends on the task.
+``tools/train.py`` and ``tools/test.py`` serve every toolbox: the config's
+``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') decides which builds the model,
+datasets and metrics; nothing here depends on the task.
 """
 import argparse
 import logging
@@ -10,14 +12,59 @@ import os.path as osp
 import re
 import sys
 import traceback
+from typing import Optional, Sequence
 
+import torch
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-# registers ASMLP and applies the compat fixes (pkg_resources warnings silenced among them)
-import asmlp_mm  # noqa: E402,F401
-from asmlp_mm import compat  # noqa: E402
-from asmlp_mm.engine.options import CfgOptionsError, merge_cfg_options  # noqa: E402
+from ..checkpoint_io import CheckpointError, CheckpointMismatchError
+from ..datasets.checks import DataError, require_paths
+from ..fast.memory import keep_freed_memory
+# the run-time fixes, which every run of the tools gets (the configs import them as well)
+from ..runtime import adapt_to_device
+from .fits import ConfigMismatchError
+from .options import merge_cfg_options
+
+
+def load_config(spec: str, cfg_options: Optional[dict] = None,
+                model_names: bool = False) -> Config:
+    """The config ``spec`` names, with ``cfg_options`` checked and merged in.
+
+    Args:
+        spec (str): A config file; a toolbox's own config (``mmpretrain::resnet/...py``);
+            with ``model_names``, also an mmpretrain model name (``resnet50_8xb32_in1k``).
+        cfg_options (dict, optional): ``--cfg-options``, checked by
+            :func:`~asmlp_mm.engine.options.merge_cfg_options`.
+        model_names (bool): Whether ``spec`` may be an mmpretrain model name.
+
+    Raises:
+        FileNotFoundError: No such config file.
+        ValueError: Not a config, a config without a model, or an option that would
+            change nothing (:class:`~asmlp_mm.engine.options.CfgOptionsError`).
+    """
+    if '::' in spec:
+        from mmengine.hub import get_config
+        cfg = get_config(spec)
+    elif model_names and not spec.endswith('.py') and not osp.isfile(spec):
+        from mmpretrain.apis import ModelHub
+        try:
+            cfg = ModelHub.get(spec).config
+        except ValueError:
+            raise ValueError(f'{spec!r} is neither a config file nor an mmpretrain model '
+                             f'name (see mmpretrain.list_models())') from None
+    else:
+        if not osp.isfile(spec):
+            raise FileNotFoundError(f'config {spec!r} does not exist')
+        try:
+            cfg = Config.fromfile(spec)
+        except (OSError, SyntaxError) as err:  # not a .py/.yml/.json file; not Python
+            raise ValueError(f'config {spec!r} cannot be read: {type(err).__name__}: '
+                             f'{err}') from None
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'config {spec!r} has no model')
+    return merge_cfg_options(cfg, cfg_options, spec)
 
 
 def add_common_args(parser: argparse.ArgumentParser):
@@ -34,13 +81,12 @@ def add_common_args(parser: argparse.ArgumentParser):
     return parser
 
 
-def load_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config file {args.config!r} does not exist')
-    cfg = Config.fromfile(args.config)
+def load_run_config(args) -> Config:
+    """The config of a train/test run (:func:`load_config`) with the arguments of
+    :func:`add_common_args` applied, checked before anything is built."""
     try:
-        merge_cfg_options(cfg, args.cfg_options, args.config)
-    except CfgOptionsError as err:
+        cfg = load_config(args.config, args.cfg_options)
+    except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err))
     cfg.launcher = args.launcher
     if args.work_dir is not None:
@@ -51,7 +97,7 @@ def load_config(args) -> Config:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     try:
-        compat.adapt_to_device(cfg)
+        adapt_to_device(cfg)
     except ValueError as err:  # a launcher that needs CUDA
         raise SystemExit(str(err))
     keep_memory_on_cpu()
@@ -63,7 +109,6 @@ def missing_evaluator_file(cfg: Config, err: FileNotFoundError, key: str):
     ('val_evaluator' or 'test_evaluator') that does not exist (COCO's metric opens it when
     it is built, after the datasets, with a traceback that names neither the evaluator nor
     the option to set); None for any other file."""
-    from asmlp_mm.datasets.checks import DataError, require_paths
     if not key:
         return None
     evaluators = cfg.get(key)
@@ -90,7 +135,6 @@ def check_work_dir(path: str) -> None:
     (mmengine fails with a traceback): one that is a file, lies under a file, or whose
     nearest existing folder is not writable. Makes nothing (every process of a distributed
     run checks at once)."""
-    from asmlp_mm.analysis import nearest_existing
     path = osp.abspath(path)
     existing = nearest_existing(path)
     if existing == path and not osp.isdir(path):
@@ -102,15 +146,39 @@ def check_work_dir(path: str) -> None:
                          if existing != path else f'work dir {path!r} is not writable')
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute if it exists, else its nearest ancestor that does: the folder
+    under which the folders a tool makes for it would start."""
+    path = osp.abspath(path)
+    while not osp.lexists(path):
+        path = osp.dirname(path)
+    return path
+
+
+def output_file_problem(path: str, suffixes: Sequence[str] = ()) -> Optional[str]:
+    """Why a tool could not write its output file ``path`` (None if it can), to say so
+    before any work: no name, a folder, a suffix not in ``suffixes`` (with the dot, matched
+    as written, since mmengine's DumpResults takes '.pkl' only; any if empty), or no
+    writable folder where it would go (folders that do not exist yet are made by the
+    tools, under the nearest existing one)."""
+    if not path:
+        return 'no file name given'
+    if osp.isdir(path):
+        return f'{path!r} is a folder; give the path of the file to write'
+    if suffixes and osp.splitext(path)[1] not in suffixes:  # as written: '.pkl', not '.PKL'
+        return f'{path!r}: name the file with one of the suffixes {", ".join(suffixes)}'
+    folder = nearest_existing(osp.dirname(osp.abspath(path)))
+    if not osp.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        return f'{path!r}: {folder!r} is not a writable folder'
+    return None
+
+
 def keep_memory_on_cpu():
     """Without CUDA the model runs on the CPU: let glibc keep the memory it frees
-    (:mod:`asmlp_mm.engine.memory`; ``ASMLP_MM_KEEP_MEMORY=0`` turns this off)."""
-    import torch
-    from mmengine.logging import print_log
-    from asmlp_mm.engine import keep_freed_memory
+    (:mod:`asmlp_mm.fast.memory`; ``ASMLP_MM_FAST=0`` turns this off)."""
     if not torch.cuda.is_available() and keep_freed_memory():
         print_log('CPU run: glibc keeps the memory it frees, for speed '
-                  '(ASMLP_MM_KEEP_MEMORY=0 to turn off)', logger='current')
+                  '(ASMLP_MM_FAST=0 to turn off)', logger='current')
 
 
 _distributed_run = False
@@ -124,7 +192,6 @@ def shutdown_distributed():
     and the launcher reports the whole run as failed.
     """
     global _distributed_run
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
         _distributed_run = True
@@ -140,9 +207,6 @@ def run_loop(run, runner, evaluator: str = ''):
     'test_evaluator'; :func:`missing_evaluator_file`) end the program with their message
     instead of a traceback.
     """
-    from asmlp_mm.compat import CheckpointError
-    from asmlp_mm.datasets.checks import DataError
-    from asmlp_mm.engine import CheckpointMismatchError, ConfigMismatchError
     try:
         return run()
     except (CheckpointError, CheckpointMismatchError, ConfigMismatchError) as err:
