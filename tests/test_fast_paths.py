@@ -1,6 +1,7 @@
 """The fast path of ASMLP (asmlp_mm.fast: channels-last, matmul 1x1 convs, in-place
 inference, chunks) against a plain NCHW re-computation from the same parameters; the
 switch; ONNX export; torch.compile."""
+import inspect
 import itertools
 import os
 import subprocess
@@ -343,13 +344,18 @@ class ShiftPair(nn.Module):
                             self.padding))
 
 
+# the TorchScript-based exporter (torch 2.1's export has only that one, and no 'dynamo' flag)
+TORCHSCRIPT_EXPORTER = ({'dynamo': False} if 'dynamo' in inspect.signature(
+    torch.onnx.export).parameters else {})
+
+
 @pytest.mark.parametrize('padding', ['zero', 'replicate', 'reflect', 'circular'])
 def test_shift_onnx_export(tmp_path, padding):
     ort = pytest.importorskip('onnxruntime')
     x = torch.randn(2, 11, 3, 7)  # uneven groups; shifts longer than the height
     path = str(tmp_path / 'shift.onnx')
     torch.onnx.export(ShiftPair(padding), (x, ), path, opset_version=17,
-                      input_names=['x'], dynamo=False)
+                      input_names=['x'], **TORCHSCRIPT_EXPORTER)
     outs = ort.InferenceSession(path).run(None, {'x': x.numpy()})
     for out, ref in zip(outs, ShiftPair(padding)(x)):
         torch.testing.assert_close(torch.from_numpy(out), ref, rtol=0, atol=0)
@@ -363,7 +369,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path, padding):
     path = str(tmp_path / 'asmlp.onnx')
     names = [f'out{i}' for i in ALL_STAGES]
     torch.onnx.export(model, (x, ), path, opset_version=17, input_names=['x'],
-                      output_names=names, dynamo=False)
+                      output_names=names, **TORCHSCRIPT_EXPORTER)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     outs = session.run(names, {'x': x.numpy()})
     with torch.no_grad():

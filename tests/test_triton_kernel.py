@@ -21,7 +21,11 @@ def kernel_here(monkeypatch):
     if triton_kernel.triton is None:
         pytest.skip('Triton is not installed (a CPU-only PyTorch build)')
     if DEVICE == 'cpu':
-        from triton.runtime.interpreter import InterpretedFunction
+        interpreter = pytest.importorskip(
+            'triton.runtime.interpreter',
+            reason=f'Triton {triton_kernel.triton.__version__} has no interpreter for CPU '
+                   f'tensors (torch 2.1 comes with Triton 2.1)')
+        InterpretedFunction = interpreter.InterpretedFunction
         kernel = triton_kernel._axial_gather_kernel
         monkeypatch.setattr(triton_kernel, '_axial_gather_kernel',
                             InterpretedFunction(kernel.fn))

@@ -139,12 +139,15 @@ def _load() -> bool:
         return False
     try:
         # importing cpp_extension logs a warning about CUDA_HOME on CPU-only machines,
-        # which does not concern a CPU kernel
+        # which does not concern a CPU kernel; torch 2.1's imports pkg_resources, which
+        # setuptools >= 81 warns about
         cpp_logger = logging.getLogger('torch.utils.cpp_extension')
         level = cpp_logger.level
         cpp_logger.setLevel(logging.ERROR)
         try:
-            from torch.utils.cpp_extension import load
+            with warnings.catch_warnings():
+                warnings.filterwarnings('ignore', 'pkg_resources is deprecated')
+                from torch.utils.cpp_extension import load
         finally:
             cpp_logger.setLevel(level)
         if lock_is_a_file():

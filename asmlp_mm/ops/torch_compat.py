@@ -101,6 +101,13 @@ def get_autocast_dtype(device_type: str) -> torch.dtype:
 OutOfMemoryError = getattr(torch, 'OutOfMemoryError', torch.cuda.OutOfMemoryError)
 
 
+def event_start_ns(event) -> int:
+    """When a ``torch.profiler`` (Kineto) event started, in ns: torch 2.1's events have
+    only ``start_us()``, later ones ``start_ns()``."""
+    start_ns = getattr(event, 'start_ns', None)
+    return start_ns() if start_ns is not None else event.start_us() * 1000
+
+
 def weights_only_globals() -> Dict[str, object]:
     """'module.qualname' -> object, for every class and function that torch's weights-only
     unpickler loads: its own list and what ``torch.serialization.add_safe_globals`` added

@@ -64,6 +64,7 @@ from mmengine.model import revert_sync_batchnorm
 
 from asmlp_mm.analysis import TensorForward, build_model_from_config, data_samples, paper
 from asmlp_mm.engine.cli import load_config, output_file_problem
+from asmlp_mm.ops.torch_compat import event_start_ns
 from asmlp_mm.runtime import cpu_autocast_modules
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -138,7 +139,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         fn()
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
-    events.sort(key=lambda e: e.start_ns())
+    events.sort(key=event_start_ns)
     current = peak = 0
     for event in events:
         current += event.nbytes()
