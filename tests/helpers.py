@@ -43,6 +43,17 @@ def load_tool(path: str):
     return module
 
 
+def graph_nodes(tensor):
+    """Names of the autograd nodes ``tensor`` was made by."""
+    names, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo += [next_fn for next_fn, _ in node.next_functions]
+    return names
+
+
 def run_tool(*args, cwd, env=None, threads=None):
     """Run ``python *args`` in ``cwd``, assert that it succeeds, return its output.
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import needs_newer_torch, randomize
+from helpers import graph_nodes, needs_newer_torch, randomize
 from mmcv.cnn.bricks import DropPath
 
 from asmlp_mm import fast
@@ -273,17 +273,6 @@ def test_inference_leaves_input_alone():
 
 
 FUSED = {'_ChannelMLPBackward', '_LinearGELUBackward'}
-
-
-def graph_nodes(tensor):
-    """Names of the autograd nodes ``tensor`` was made by."""
-    names, todo = set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            todo += [next_fn for next_fn, _ in node.next_functions]
-    return names
 
 
 def test_a_watched_module_runs_plain_and_the_others_fast():

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import graph_nodes
 
 from asmlp_mm.fast import disabled, pointwise
 from asmlp_mm.fast.pointwise import channel_mlp, conv_gelu, pointwise_conv
@@ -23,17 +24,6 @@ def convs(*shapes, bias=True):
 def channels_last_input(*shape):
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     return x.requires_grad_()
-
-
-def graph_nodes(tensor):
-    """Names of the autograd nodes ``tensor`` was made by."""
-    names, todo = set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            todo += [next_fn for next_fn, _ in node.next_functions]
-    return names
 
 
 def grads(outputs, inputs, seed=1):
