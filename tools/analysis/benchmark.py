@@ -64,8 +64,12 @@ from mmengine.model import revert_sync_batchnorm
 
 from asmlp_mm.analysis import TensorForward, build_model_from_config, data_samples, paper
 from asmlp_mm.engine.cli import load_config, output_file_problem
-from asmlp_mm.ops.torch_compat import event_start_ns
-from asmlp_mm.runtime import cpu_autocast_modules
+from asmlp_mm.fast import memory
+from asmlp_mm.models.published import PublishedASMLP, roll_shift
+from asmlp_mm.models.weights import published_key_to_ours
+from asmlp_mm.ops import axial_shift, cpu_kernel, triton_kernel
+from asmlp_mm.ops.torch_compat import event_start_ns, grad_scaler
+from asmlp_mm.runtime import autocast_inside, cpu_autocast_modules
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_CONFIG = osp.join(ROOT, 'configs/asmlp/asmlp-tiny_8xb128_in1k.py')
@@ -230,13 +234,11 @@ class Runner:
                                     generator=generator).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9) if params else None
-        from asmlp_mm.ops.torch_compat import grad_scaler
         use_scaler = amp and self.device.type == 'cuda'
         self.scaler = grad_scaler('cuda') if use_scaler else None
 
     def autocast(self):
         if self.amp and self.device.type == 'cpu' and self.cpu_autocast_only:
-            from asmlp_mm.runtime import autocast_inside
             root, names = self.cpu_autocast_only
             return autocast_inside(root, names, 'cpu', torch.bfloat16)
         return autocast(self.device, self.amp)
@@ -319,8 +321,6 @@ def build_ours() -> nn.Module:
 
 def build_published_like(ours: TensorForward) -> nn.Module:
     """The published AS-MLP-T classifier holding the weights of ``ours``."""
-    from asmlp_mm.models.published import PublishedASMLP
-    from asmlp_mm.models.weights import published_key_to_ours
     published = PublishedASMLP(96, (2, 2, 6, 2), num_classes=1000)
     source = ours.model.state_dict()
     state = {}
@@ -379,11 +379,9 @@ def machine_info(device: torch.device) -> dict:
                     break
     info = dict(torch=torch.__version__, cpu=cpu, nproc=os.cpu_count(),
                 threads=torch.get_num_threads(), device=str(device))
-    from asmlp_mm.ops import cpu_kernel, triton_kernel
     if device.type == 'cpu':
         info['shift_kernel'] = cpu_kernel.enabled()
         info['shift_huge_pages'] = cpu_kernel.huge_pages()
-    from asmlp_mm.fast import memory
     info.update(memory.allocator_settings())
     if memory.applied():
         info['keep_freed_memory'] = True
@@ -398,7 +396,6 @@ def machine_info(device: torch.device) -> dict:
 @contextlib.contextmanager
 def no_shift_kernels():
     """The axial shift on its PyTorch path (slice copies), CPU and Triton kernels off."""
-    from asmlp_mm.ops import cpu_kernel, triton_kernel
     with cpu_kernel.use_cpu_kernel(False), triton_kernel.use_triton_kernel(False):
         yield
 
@@ -415,8 +412,6 @@ def _without_kernels(fn: Callable) -> Callable:
 def compare_shift(batch: int, repeats: int, device: torch.device) -> List[dict]:
     """The shift op alone: ours vs clone vs pad/roll/cat/narrow, per stage and axis; and
     ours without its kernel (``slices``: the PyTorch path)."""
-    from asmlp_mm.models.published import roll_shift
-    from asmlp_mm.ops import axial_shift
     results = []
     rows = []
     for stage, (channels, size) in SHIFT_SHAPES.items():
@@ -736,8 +731,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_memory:
-        from asmlp_mm.fast import keep_freed_memory
-        keep_freed_memory()
+        memory.keep_freed_memory()
     if args.out:  # its folder now, not after the run
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     if args.compare:
