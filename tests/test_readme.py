@@ -1,9 +1,11 @@
 """The README's promises: its zoo table comes from the metafiles, CI runs its test command."""
+import logging
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 from helpers import load_tool
@@ -178,6 +180,27 @@ def test_demo_shows_a_line_per_run_and_logs_the_rest(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'det/test_init: failed (exit 3)' in out and 'the cause' in out
     assert str(tmp_path / 'det' / 'test_init.log') in out
+
+
+def test_demo_logs_the_warnings_of_the_model_it_builds_itself(monkeypatch, tmp_path, capfd):
+    """The initial weights are built in the demo's own process; the toolboxes' import
+    warnings that printed between the status lines go to init.log."""
+    def run(*args, log=None):  # the train run's checkpoint; the subprocesses are tested above
+        os.makedirs(osp.dirname(log), exist_ok=True)
+        with open(osp.join(tmp_path, 'det', 'last_checkpoint'), 'w') as f:
+            f.write('trained.pth')
+
+    def save_initial_weights(config, path):
+        warnings.warn('pkg_resources is deprecated as an API', UserWarning)
+        logging.getLogger('mmengine').info('the table of every initialized weight')
+
+    monkeypatch.setattr(demo, 'run', run)
+    monkeypatch.setattr(demo, 'evaluate', lambda *args, **kwargs: {'coco/bbox_mAP': 0.5})
+    monkeypatch.setattr(demo, 'save_initial_weights', save_initial_weights)
+    demo.run_task('det', str(tmp_path))
+    out, err = capfd.readouterr()
+    assert out == err == ''
+    assert 'UserWarning: pkg_resources is deprecated' in (tmp_path / 'det' / 'init.log').read_text()
 
 
 def test_demo_runs_from_another_folder(monkeypatch, tmp_path):

@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from typing import Optional
 
 from asmlp_mm.analysis import save_initial_weights
@@ -137,11 +138,18 @@ def run_task(task, work_root):
         results[f'after training, {name}'] = evaluate(config, trained, work_dir, name,
                                                       list(args))
     init = osp.join(work_dir, 'init.pth')
-    logging.disable(logging.INFO)  # mmengine's table of every initialized weight
+    # built in this process: the toolboxes' import warnings go to a log, as a run's output
+    # does, and mmengine's table of every initialized weight nowhere
+    logging.disable(logging.INFO)
     try:
-        save_initial_weights(osp.join(ROOT, config), init)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            save_initial_weights(osp.join(ROOT, config), init)
     finally:
         logging.disable(logging.NOTSET)
+    with open(osp.join(work_dir, 'init.log'), 'w') as f:
+        f.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                     for w in caught)
     results['before training'] = evaluate(config, init, work_dir, 'init')
     scale = TO_PERCENT[task]
     results = {name: {k: v * scale if k in keys else v for k, v in row.items()}
