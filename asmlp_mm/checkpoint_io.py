@@ -1,8 +1,9 @@
 """The one reader of checkpoint files in this package: :func:`load_local_checkpoint`.
 
 mmengine's loaders of local files and URLs go through it where :mod:`asmlp_mm.runtime` is
-imported (``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')``,
-``load_checkpoint``), and so do the tools. It unpickles tensors, plain data and what
+imported (``load_from``, ``--resume``, ``load_checkpoint``); the package's own loading
+(``ASMLP``'s ``init_cfg=dict(type='Pretrained')``, the tools) always does
+(:func:`read_checkpoint`). It unpickles tensors, plain data and what
 mmengine's training checkpoints hold; an object of any other class
 comes back as a :class:`ForeignObject`, an inert record of what the file says about it:
 nothing the file names is imported, and none of its code runs.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import HistoryBuffer, print_log
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from .ops.torch_compat import weights_only_globals
 
@@ -291,6 +293,20 @@ def load_url_checkpoint(url: str, map_location=None, model_dir: Optional[str] = 
     return load_local_checkpoint(path, map_location)
 
 
+def read_checkpoint(filename, map_location=None):
+    """A checkpoint by path or URL: local files by :func:`load_local_checkpoint`, http(s)
+    by :func:`load_url_checkpoint`, mmengine's other schemes (``s3://``,
+    ``torchvision://``, ...) by its ``CheckpointLoader``. The package's own loading goes
+    through here, so that it reads safely whether or not :mod:`asmlp_mm.runtime` has
+    routed mmengine's loader to these readers."""
+    filename = str(filename)
+    if filename.startswith(('http://', 'https://')):
+        return load_url_checkpoint(filename, map_location)
+    if '://' in filename:
+        return CheckpointLoader.load_checkpoint(filename, map_location)
+    return load_local_checkpoint(filename, map_location)
+
+
 def weights_only_refusal(err: BaseException) -> str:
     """What torch's weights-only unpickler refused, in its first sentence ('Unsupported
     global: GLOBAL argparse.Namespace was not an allowed global by default.', or
@@ -439,8 +455,7 @@ def load_fitting_weights(module, path: str, what: str, prefix: str = '',
     or raise :class:`CheckpointMismatchError` listing what does not fit. Keys matching the
     ``optional`` glob patterns may be absent on either side; returns the module's keys
     that the checkpoint did not have (they keep their values)."""
-    state = checkpoint_state_dict(load_local_checkpoint(path, map_location='cpu'), path,
-                                  prefix)
+    state = checkpoint_state_dict(read_checkpoint(path, map_location='cpu'), path, prefix)
     check_fits(module, state, path, what, optional=optional)
     missing, _ = module.load_state_dict(state, strict=False)
     return list(missing)

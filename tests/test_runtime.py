@@ -62,6 +62,42 @@ def test_importing_the_package_registers_and_the_runtime_applies_the_fixes():
     assert len(silenced) == 1 and silenced[0] not in imported['filters']
 
 
+#: ASMLP's init_cfg loading with only ``import asmlp_mm``: a training checkpoint (with a
+#: HistoryBuffer, which torch's weights-only default refuses) and a missing file
+PRETRAINED_WITHOUT_RUNTIME = """
+import sys, torch
+from mmengine.logging import HistoryBuffer
+import asmlp_mm
+from asmlp_mm import ASMLP
+from asmlp_mm.checkpoint_io import CheckpointNotFoundError
+
+path, missing = sys.argv[1:]
+arch = dict(embed_dims=8, depths=[1, 1, 1, 1])
+source = ASMLP(arch)
+torch.save({'state_dict': {'backbone.' + k: v for k, v in source.state_dict().items()},
+            'message_hub': {'log': HistoryBuffer([1.0], [1])}}, path)
+model = ASMLP(arch, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+model.init_weights()
+assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+try:
+    ASMLP(arch, init_cfg=dict(type='Pretrained', checkpoint=missing)).init_weights()
+except CheckpointNotFoundError as err:
+    print('not found:', err)
+assert 'asmlp_mm.runtime' not in sys.modules
+"""
+
+
+def test_pretrained_weights_load_without_the_runtime_module(tmp_path):
+    """The backbone's own loading does not depend on asmlp_mm.runtime having routed
+    mmengine's loader (a user who builds ASMLP in Python imports only asmlp_mm)."""
+    result = subprocess.run(
+        [sys.executable, '-c', PRETRAINED_WITHOUT_RUNTIME, str(tmp_path / 'trained.pth'),
+         str(tmp_path / 'missing.pth')], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'not found:' in result.stdout and 'the pretrained weights of ASMLP (init_cfg)' \
+        in result.stdout
+
+
 def test_autocast_optim_wrapper_trains_in_bfloat16_on_cpu():
     model = torch.nn.Linear(4, 2)
     wrapper = AutocastOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))

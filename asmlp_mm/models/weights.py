@@ -25,11 +25,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import print_log
 from mmengine.model import PretrainedInit
-from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
 from ..checkpoint_io import (CheckpointMismatchError, CheckpointNotFoundError, check_fits,
-                             checkpoint_state_dict)
+                             checkpoint_state_dict, read_checkpoint)
 
 TASKS = ('cls', 'det', 'seg')
 #: the parameter groups outside the backbone that keep their names, per task
@@ -239,7 +238,7 @@ def load_pretrained(model: nn.Module, cfg: dict, what: str,
     if prefix and not prefix.endswith('.'):
         prefix += '.'  # as mmengine's loader
     try:
-        loaded = _load_checkpoint(checkpoint, map_location='cpu')
+        loaded = read_checkpoint(checkpoint, map_location='cpu')
     except CheckpointNotFoundError as err:
         raise CheckpointNotFoundError(
             f'{err}: the pretrained weights of ASMLP (init_cfg). Train a classifier '
