@@ -403,13 +403,13 @@ MISMATCH_KINDS = ('missing in the checkpoint', 'shape of', 'not in the model')
 
 def describe_mismatches(source: str, problems: List[str], what: str, limit: int = 8,
                         hint: str = '') -> str:
-    """The error message for ``problems``: at most ``limit`` of each kind (so that
-    hundreds of wrong shapes do not hide the missing keys), after the ``hint`` (e.g.
-    :func:`prefix_hint`), which the limit must not cut off."""
+    """The error message for ``problems`` (:func:`state_dict_mismatches`'): at most
+    ``limit`` of each kind (so that hundreds of wrong shapes do not hide the missing
+    keys), after the ``hint`` (e.g. :func:`prefix_hint`), which the limit must not cut
+    off."""
     lines = []
-    for kind in MISMATCH_KINDS + ('',):
-        of_kind = [p for p in problems if p.startswith(kind) and (
-            kind or not p.startswith(MISMATCH_KINDS))]
+    for kind in MISMATCH_KINDS:
+        of_kind = [p for p in problems if p.startswith(kind)]
         lines += of_kind[:limit]
         if len(of_kind) > limit:
             lines.append(f'... and {len(of_kind) - limit} more like these')
