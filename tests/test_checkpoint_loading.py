@@ -16,8 +16,9 @@ from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint
 
 from asmlp_mm.checkpoint_io import (CheckpointError, CheckpointMismatchError, ForeignObject,
-                                    foreign_objects, load_local_checkpoint,
-                                    load_url_checkpoint)
+                                    describe_mismatches, foreign_objects,
+                                    load_local_checkpoint, load_url_checkpoint,
+                                    state_dict_mismatches)
 from asmlp_mm.models import ASMLP
 from asmlp_mm.models.published import PublishedASMLP
 # applies the run-time fixes, mmengine's checkpoint schemes among them
@@ -346,3 +347,23 @@ def test_meta_values_holding_foreign_objects_are_left_out_and_said(tmp_path):
     assert out['source_mmdet_version'] == '2.11.0'
     assert lines == [f"left out meta['PALETTE']: it holds objects that were not unpickled "
                      f"({__name__}.Recorder)"]
+
+
+def test_mismatch_report_lists_each_kind_up_to_its_limit():
+    """Many wrong shapes do not hide the missing and the unexpected keys."""
+    model = {f'w{i}': torch.zeros(2) for i in range(10)}
+    model.update(gone_a=torch.zeros(1), gone_b=torch.zeros(1))
+    loaded = {f'w{i}': torch.zeros(3) for i in range(10)}
+    loaded['extra'] = torch.zeros(1)
+    text = describe_mismatches('ckpt.pth', state_dict_mismatches(model, loaded), 'the model',
+                               limit=3, hint='a hint')
+    lines = text.splitlines()
+    assert lines[:2] == ["checkpoint 'ckpt.pth' does not fit the model: 13 problem(s)",
+                         '  a hint']
+    assert lines[2:] == ['  missing in the checkpoint: gone_a',
+                         '  missing in the checkpoint: gone_b',
+                         '  shape of w0: (3,) in the checkpoint, (2,) in the model',
+                         '  shape of w1: (3,) in the checkpoint, (2,) in the model',
+                         '  shape of w2: (3,) in the checkpoint, (2,) in the model',
+                         '  ... and 7 more like these',
+                         '  not in the model: extra']
