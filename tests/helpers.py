@@ -43,6 +43,10 @@ def load_tool(path: str):
     return module
 
 
+#: the autograd nodes of the speed layer's fused functions (asmlp_mm.fast.pointwise)
+FUSED = {'_ChannelMLPBackward', '_LinearGELUBackward'}
+
+
 def graph_nodes(tensor):
     """Names of the autograd nodes ``tensor`` was made by."""
     names, todo = set(), [tensor.grad_fn]

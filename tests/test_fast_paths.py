@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import graph_nodes, needs_newer_torch, randomize
+from helpers import FUSED, graph_nodes, needs_newer_torch, randomize
 from mmcv.cnn.bricks import DropPath
 
 from asmlp_mm import fast
@@ -272,9 +272,6 @@ def test_inference_leaves_input_alone():
     assert torch.equal(x, kept) and torch.equal(y, y_kept)
 
 
-FUSED = {'_ChannelMLPBackward', '_LinearGELUBackward'}
-
-
 def test_a_watched_module_runs_plain_and_the_others_fast():
     """A backward hook on one projection (as Grad-CAM sets) sees its gradient: the stage
     holding it runs the plain modules, the others the fused functions."""
@@ -295,28 +292,29 @@ SWITCHED_OFF = '''
 import torch
 from asmlp_mm import fast
 from asmlp_mm.models import ASMLP
-from test_fast_paths import FUSED, graph_nodes
+from helpers import FUSED, graph_nodes
 assert not (fast.enabled() or fast.applies() or fast.keep_freed_memory())
 out, = ASMLP(dict(embed_dims=8, depths=[1, 1, 1, 1])).train()(torch.randn(1, 3, 32, 32))
 assert not FUSED & graph_nodes(out) and 'ConvolutionBackward0' in graph_nodes(out)
 '''
 
 
-@pytest.mark.parametrize('value', ['0', 'off'])
-def test_the_environment_switch(value):
+def test_the_environment_switch():
     """ASMLP_MM_FAST=0 turns the speed layer off for the process (read at import): the
     plain modules run, and glibc's thresholds stay; a value other than 0 or 1 is
     refused."""
     out, = ASMLP(dict(embed_dims=8, depths=[1, 1, 1, 1])).train()(torch.randn(1, 3, 32, 32))
     assert fast.enabled() and FUSED & graph_nodes(out)  # here: on
-    env = {**os.environ, fast.ENV_SWITCH: value, 'PYTHONPATH': os.path.dirname(__file__)}
-    result = subprocess.run([sys.executable, '-c', SWITCHED_OFF], env=env,
-                            capture_output=True, text=True)
-    if value == '0':
-        assert result.returncode == 0, result.stderr[-2000:]
-    else:
-        assert "ASMLP_MM_FAST must be 0 (the speed-ups off) or 1 (on, the default), " \
-            "got 'off'" in result.stderr
+    for value in ('0', 'off'):
+        env = {**os.environ, fast.ENV_SWITCH: value, 'PYTHONPATH': os.path.dirname(__file__)}
+        result = subprocess.run([sys.executable, '-c', SWITCHED_OFF], env=env,
+                                capture_output=True, text=True)
+        if value == '0':
+            assert result.returncode == 0, result.stderr[-2000:]
+        else:
+            assert result.returncode != 0
+            assert "ASMLP_MM_FAST must be 0 (the speed-ups off) or 1 (on, the default), " \
+                "got 'off'" in result.stderr
 
 
 # ------------------------------------------------------------------ export and compile
