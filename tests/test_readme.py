@@ -1,16 +1,15 @@
 """The README's promises: its zoo table comes from the metafiles, CI runs its test command."""
-import logging
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
-import warnings
 
 import pytest
+import torch
 from helpers import load_tool
 
-from asmlp_mm.analysis import paper
+from asmlp_mm.analysis import build_model_from_config, paper
 from asmlp_mm.datasets import demo_data
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -182,25 +181,17 @@ def test_demo_shows_a_line_per_run_and_logs_the_rest(tmp_path, capsys):
     assert str(tmp_path / 'det' / 'test_init.log') in out
 
 
-def test_demo_logs_the_warnings_of_the_model_it_builds_itself(monkeypatch, tmp_path, capfd):
-    """The initial weights are built in the demo's own process; the toolboxes' import
-    warnings that printed between the status lines go to init.log."""
-    def run(*args, log=None):  # the train run's checkpoint; the subprocesses are tested above
-        os.makedirs(osp.dirname(log), exist_ok=True)
-        with open(osp.join(tmp_path, 'det', 'last_checkpoint'), 'w') as f:
-            f.write('trained.pth')
-
-    def save_initial_weights(config, path):
-        warnings.warn('pkg_resources is deprecated as an API', UserWarning)
-        logging.getLogger('mmengine').info('the table of every initialized weight')
-
-    monkeypatch.setattr(demo, 'run', run)
-    monkeypatch.setattr(demo, 'evaluate', lambda *args, **kwargs: {'coco/bbox_mAP': 0.5})
-    monkeypatch.setattr(demo, 'save_initial_weights', save_initial_weights)
-    demo.run_task('det', str(tmp_path))
-    out, err = capfd.readouterr()
-    assert out == err == ''
-    assert 'UserWarning: pkg_resources is deprecated' in (tmp_path / 'det' / 'init.log').read_text()
+def test_demo_saves_the_initial_weights_in_a_run_of_its_own(tmp_path, capsys):
+    """The weights before training come from a run with its log, as training and testing
+    do: built in the demo's own process, the toolboxes' import warnings printed between
+    the status lines."""
+    config = demo.TASKS['cls'][2]
+    init = tmp_path / 'cls' / 'init.pth'
+    demo.run('-c', demo.SAVE_INITIAL_WEIGHTS, config, str(init),
+             log=str(tmp_path / 'cls' / 'init.log'))
+    assert re.fullmatch(r'cls/init: done in \d+ s\n', capsys.readouterr().out)
+    state = torch.load(init, weights_only=True)['state_dict']
+    assert set(state) == set(build_model_from_config(osp.join(ROOT, config)).state_dict())
 
 
 def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
@@ -226,13 +217,12 @@ def test_demo_runs_from_another_folder(monkeypatch, tmp_path):
 
     monkeypatch.setattr(demo, 'run', run)
     monkeypatch.setattr(demo, 'is_up_to_date', lambda *a, **k: True)
-    monkeypatch.setattr(demo, 'save_initial_weights', lambda *a: None)
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setattr(sys, 'argv', ['demo.py', 'cls', '--work-dir', 'w'])
     demo.main()
-    assert ran == ['tools/train.py', 'tools/test.py', 'tools/test.py']
+    assert ran == ['tools/train.py', 'tools/test.py', '-c', 'tools/test.py']  # -c: init
     assert (elsewhere / 'w' / 'cls' / 'last_checkpoint').is_file()
     assert not osp.exists(osp.join(ROOT, 'w'))
 

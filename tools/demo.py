@@ -22,17 +22,14 @@ OMP_NUM_THREADS to choose otherwise.
 """
 import argparse
 import json
-import logging
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
 import time
-import warnings
 from typing import Optional
 
-from asmlp_mm.analysis import save_initial_weights
 from asmlp_mm.datasets.demo_data import is_up_to_date
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -114,6 +111,13 @@ def run(*args, log: Optional[str] = None):
     print('\r' + done.ljust(119) if live else done, flush=True)
 
 
+#: ``python -c`` code that saves the weights a training run of a config starts from: a run
+#: of its own, whose output (the toolboxes' warnings, mmengine's table of every initialized
+#: weight) goes to its log as the other runs' does
+SAVE_INITIAL_WEIGHTS = ('import sys; from asmlp_mm.analysis import save_initial_weights; '
+                        'save_initial_weights(*sys.argv[1:])')
+
+
 def evaluate(config, checkpoint, work_dir, name, extra=()):
     metrics_file = osp.join(work_dir, f'metrics_{name}.json')
     run('tools/test.py', config, checkpoint, '--work-dir', work_dir,
@@ -138,18 +142,7 @@ def run_task(task, work_root):
         results[f'after training, {name}'] = evaluate(config, trained, work_dir, name,
                                                       list(args))
     init = osp.join(work_dir, 'init.pth')
-    # built in this process: the toolboxes' import warnings go to a log, as a run's output
-    # does, and mmengine's table of every initialized weight nowhere
-    logging.disable(logging.INFO)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            save_initial_weights(osp.join(ROOT, config), init)
-    finally:
-        logging.disable(logging.NOTSET)
-    with open(osp.join(work_dir, 'init.log'), 'w') as f:
-        f.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
-                     for w in caught)
+    run('-c', SAVE_INITIAL_WEIGHTS, config, init, log=osp.join(work_dir, 'init.log'))
     results['before training'] = evaluate(config, init, work_dir, 'init')
     scale = TO_PERCENT[task]
     results = {name: {k: v * scale if k in keys else v for k, v in row.items()}
